@@ -1,0 +1,37 @@
+//! The rules for what Crier accepts, kept free of I/O so both services, the CLI and the
+//! fuzz targets share one definition.
+//!
+//! - [`registry`]: which event types exist and how to decode their payloads.
+//! - [`validate`]: checks an envelope (and its payload) before anything is written to Kafka.
+//! - [`codes`]: GSS area codes, and spotting raw NHS and National Insurance numbers.
+//! - [`filter`]: checks subscription names and filters.
+
+pub mod codes;
+pub mod filter;
+pub mod registry;
+pub mod validate;
+
+pub use registry::Registry;
+
+/// A rule broken by client input: which field, and what is wrong with it.
+///
+/// `field` is a path into the request, such as `event.areas[1]`, so that the gRPC error
+/// can name it and a client can show it next to the right input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// Path of the offending field, for example `event.areas[1]`.
+    pub field: String,
+    /// What is wrong, in words an integrator can act on.
+    pub message: String,
+}
+
+impl Invalid {
+    /// Builds an error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The event types Crier carries, and strict decoding of their payloads by type name.
+//!
+//! Payloads travel as bytes (CloudEvents `data`), so Crier needs the schema at run time to
+//! check that the bytes really are the declared type. It uses the descriptors compiled into
+//! `crier-proto`, so the rules can never drift from the published `.proto` files.
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
+
+use crate::Invalid;
+
+/// Every event type a publisher may send, by its `Event.type`, which is the payload's full
+/// protobuf message name.
+pub const EVENT_TYPES: &[&str] = &[
+    "crier.events.v1.DeathRegistered",
+    "crier.events.v1.BirthRegistered",
+    "crier.events.v1.AddressChanged",
+    "crier.events.v1.BenefitAwardChanged",
+    "crier.events.v1.SchoolEnrolment",
+    "crier.events.v1.SafeguardingReferral",
+];
+
+/// The compiled schemas, for looking up and decoding event payloads.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pool: DescriptorPool,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// Loads the descriptors compiled into `crier-proto`.
+    pub fn new() -> Self {
+        #[allow(clippy::expect_used)]
+        let pool = DescriptorPool::decode(crier_proto::FILE_DESCRIPTOR_SET)
+            .expect("crier-proto embeds a valid descriptor set (checked by its build)");
+        Self { pool }
+    }
+
+    /// The descriptor of a known event type, or `None` for anything else.
+    pub fn event_type(&self, type_name: &str) -> Option<MessageDescriptor> {
+        if EVENT_TYPES.contains(&type_name) {
+            self.pool.get_message_by_name(type_name)
+        } else {
+            None
+        }
+    }
+
+    /// The error for an unknown type at `field`, listing the known ones.
+    pub fn unknown_type(field: &str, type_name: &str) -> Invalid {
+        Invalid::new(
+            field,
+            format!(
+                "unknown event type '{type_name}'; known types are {}",
+                EVENT_TYPES.join(", ")
+            ),
+        )
+    }
+
+    /// Decodes `data` as `type_name`, refusing bytes that do not decode and fields the schema
+    /// does not define (they could not be checked or minimised).
+    pub fn decode(&self, type_name: &str, data: &[u8]) -> Result<DynamicMessage, Invalid> {
+        let desc = self
+            .event_type(type_name)
+            .ok_or_else(|| Self::unknown_type("event.type", type_name))?;
+        let msg = DynamicMessage::decode(desc, data).map_err(|e| {
+            Invalid::new(
+                "event.data",
+                format!("payload does not decode as {type_name}: {e}"),
+            )
+        })?;
+        reject_unknown_fields(&msg, "event.data")?;
+        Ok(msg)
+    }
+}
+
+fn reject_unknown_fields(msg: &DynamicMessage, path: &str) -> Result<(), Invalid> {
+    if let Some(unknown) = msg.unknown_fields().next() {
+        return Err(Invalid::new(
+            path,
+            format!(
+                "field number {} is not defined in {}; was the payload encoded with the right type?",
+                unknown.number(),
+                msg.descriptor().full_name()
+            ),
+        ));
+    }
+    for (field, value) in msg.fields() {
+        let here = format!("{path}.{}", field.name());
+        match value {
+            Value::Message(inner) => reject_unknown_fields(inner, &here)?,
+            Value::List(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Message(inner) = item {
+                        reject_unknown_fields(inner, &format!("{here}[{i}]"))?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crier_proto::events::v1::{DeathRegistered, PersonName};
+    use prost::Message;
+
+    #[test]
+    fn every_listed_event_type_is_in_the_compiled_schema() {
+        let registry = Registry::new();
+        for t in EVENT_TYPES {
+            assert!(registry.event_type(t).is_some(), "{t} missing from descriptors");
+        }
+        assert!(registry.event_type("crier.events.v1.Date").is_none());
+    }
+
+    #[test]
+    fn a_payload_of_the_declared_type_decodes() {
+        let payload = DeathRegistered {
+            registration_id: "DE-1".into(),
+            name: Some(PersonName {
+                given_names: vec!["Ada".into()],
+                family_name: "Lovelace".into(),
+            }),
+            ..Default::default()
+        };
+        let msg = Registry::new()
+            .decode("crier.events.v1.DeathRegistered", &payload.encode_to_vec())
+            .unwrap();
+        assert_eq!(msg.descriptor().name(), "DeathRegistered");
+    }
+
+    #[test]
+    fn garbage_and_undefined_fields_are_refused() {
+        let registry = Registry::new();
+        let err = registry
+            .decode("crier.events.v1.DeathRegistered", &[0x0a, 0xff, 0x01])
+            .unwrap_err();
+        assert_eq!(err.field, "event.data");
+        // Field 99, varint 1: well-formed protobuf, but not part of DeathRegistered.
+        let err = registry
+            .decode("crier.events.v1.DeathRegistered", &[0x98, 0x06, 0x01])
+            .unwrap_err();
+        assert!(err.message.contains("field number 99"), "{err}");
+    }
+}
