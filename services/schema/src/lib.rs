@@ -35,3 +35,13 @@ impl Invalid {
         }
     }
 }
+
+/// Invalid client input becomes `INVALID_ARGUMENT`, with a `google.rpc.BadRequest` detail
+/// naming the field, so clients in any language can point at what to fix.
+impl From<Invalid> for tonic::Status {
+    fn from(e: Invalid) -> Self {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let details = ErrorDetails::with_bad_request_violation(e.field.clone(), e.message.clone());
+        tonic::Status::with_error_details(tonic::Code::InvalidArgument, e.to_string(), details)
+    }
+}

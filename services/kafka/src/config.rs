@@ -1,0 +1,93 @@
+//! Kafka settings shared by both services, and the librdkafka client configurations built
+//! from them. Durability settings live here so no service can forget them.
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+/// The `[kafka]` section of a service's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of brokers.
+    pub bootstrap_servers: String,
+    /// Topic holding every citizen event (see ARCHITECTURE.md for why there is one).
+    pub events_topic: String,
+    /// Compacted topic holding each subscription's definition and cursor.
+    pub subscriptions_topic: String,
+    /// Partitions for the events topic when Crier creates it.
+    pub partitions: i32,
+    /// Replication factor for topics Crier creates (3 in production, 1 for a single broker).
+    pub replication_factor: i32,
+    /// Create missing topics at start-up. Turn off where topics are managed elsewhere.
+    pub create_topics: bool,
+    /// How long a publish may wait for Kafka's acknowledgement before it fails.
+    pub delivery_timeout_ms: u64,
+    /// Extra librdkafka properties, applied last (for example TLS or SASL settings).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            events_topic: "crier.events.v1".into(),
+            subscriptions_topic: "crier.subscriptions.v1".into(),
+            partitions: 6,
+            replication_factor: 1,
+            create_topics: true,
+            delivery_timeout_ms: 10_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", "crier");
+        c
+    }
+
+    fn with_overrides(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A producer that never reorders or duplicates within a partition (idempotent) and
+    /// reports success only when every in-sync replica has the record (acks=all).
+    pub fn producer(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
+            .set("linger.ms", "2")
+            .set("compression.type", "lz4")
+            .set("partitioner", "murmur2_random");
+        self.with_overrides(c)
+    }
+
+    /// A consumer with no group and no automatic commits: Crier assigns partitions itself
+    /// and keeps cursors in its own compacted topic.
+    pub fn reader(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", "crier-reader-unused")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "10")
+            .set("session.timeout.ms", "10000")
+            .set("queued.max.messages.kbytes", "16384");
+        self.with_overrides(c)
+    }
+
+    /// An admin client, for creating topics.
+    pub fn admin(&self) -> ClientConfig {
+        self.with_overrides(self.base())
+    }
+}

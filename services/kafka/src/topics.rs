@@ -1,0 +1,40 @@
+//! The topic layout, and creating it when missing.
+//!
+//! - `events_topic`: every event, keyed by the citizen's pseudonymous partition key so that
+//!   events about one person share a partition and keep their order across event types.
+//! - `subscriptions_topic`: compacted, one partition, keyed by subscription name; the last
+//!   record for a name is that subscription's filter and cursor.
+
+use std::time::Duration;
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    types::RDKafkaErrorCode,
+};
+
+use crate::{Error, KafkaConfig, Result};
+
+/// Creates the events and subscriptions topics if they do not exist yet.
+pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config.admin().create()?;
+    let replication = || TopicReplication::Fixed(config.replication_factor);
+    let events = NewTopic::new(&config.events_topic, config.partitions, replication())
+        .set("min.insync.replicas", if config.replication_factor > 1 { "2" } else { "1" });
+    let subscriptions = NewTopic::new(&config.subscriptions_topic, 1, replication())
+        .set("cleanup.policy", "compact")
+        .set("min.insync.replicas", if config.replication_factor > 1 { "2" } else { "1" });
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics([&events, &subscriptions], &opts).await?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::Kafka(rdkafka::error::KafkaError::AdminOp(code)))
+                    .inspect_err(|_| tracing::error!(topic, ?code, "could not create topic"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The producer's configuration: `crier-producer.toml`, overridden by `CRIER_*` variables.
+
+use std::time::Duration;
+
+use crier_kafka::KafkaConfig;
+use crier_runtime::{GrpcConfig, LogConfig, MetricsConfig};
+use serde::Deserialize;
+
+/// All producer settings. Every field has a default, so an empty file is a valid config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[grpc]`: where the Publisher service listens.
+    pub grpc: GrpcConfig,
+    /// `[metrics]`: where Prometheus scrapes.
+    pub metrics: MetricsConfig,
+    /// `[log]`: log format and level.
+    pub log: LogConfig,
+    /// `[kafka]`: brokers, topics and durability.
+    pub kafka: KafkaConfig,
+    /// `[limits]`: bounds on what one request may carry.
+    pub limits: Limits,
+    /// `[dedup]`: how retried publishes are recognised.
+    pub dedup: DedupConfig,
+    /// `[shutdown]`: how long to wait for in-flight publishes on SIGTERM.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig {
+                listen: ([0, 0, 0, 0], 50051).into(),
+            },
+            metrics: MetricsConfig {
+                listen: Some(([0, 0, 0, 0], 9464).into()),
+            },
+            log: LogConfig::default(),
+            kafka: KafkaConfig::default(),
+            limits: Limits::default(),
+            dedup: DedupConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest encoded event accepted, in bytes.
+    pub max_event_bytes: usize,
+    /// Most events in one PublishBatch.
+    pub max_batch_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 256 * 1024,
+            max_batch_events: 1000,
+        }
+    }
+}
+
+/// `[dedup]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// How long a published `(source, id)` is remembered, in seconds.
+    pub window_secs: u64,
+    /// Most `(source, id)` pairs remembered; the oldest are forgotten first.
+    pub capacity: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: 24 * 60 * 60,
+            capacity: 1_000_000,
+        }
+    }
+}
+
+impl DedupConfig {
+    /// The window as a duration.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_secs)
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Longest wait for Kafka to confirm queued publishes on shutdown, in seconds.
+    pub flush_timeout_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            flush_timeout_secs: 15,
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Crier's producer service: department systems publish citizen events over gRPC, and this
+//! service validates them and writes them durably to Kafka.
+//!
+//! [`serve`] is the whole service as a library function, so tests start it in-process on a
+//! port-0 listener and the binary in `main.rs` only parses flags and wires signals.
+
+pub mod config;
+pub mod dedup;
+pub mod publisher;
+
+use std::time::Duration;
+
+use crier_proto::v1::publisher_server::PublisherServer;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use dedup::Dedup;
+use publisher::PublisherService;
+
+/// Why the producer service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kafka could not be set up.
+    #[error(transparent)]
+    Kafka(#[from] crier_kafka::Error),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the producer service on `listener` until `shutdown` is cancelled, then stops taking
+/// requests, waits for in-flight publishes to be answered and flushes the Kafka producer.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    if config.kafka.create_topics {
+        crier_kafka::topics::ensure_topics(&config.kafka).await?;
+    }
+    let producer: FutureProducer = config
+        .kafka
+        .producer()
+        .create()
+        .map_err(crier_kafka::Error::from)?;
+    let service = PublisherService::new(
+        producer.clone(),
+        config.kafka.events_topic.clone(),
+        config.limits.clone(),
+        Dedup::new(config.dedup.window(), config.dedup.capacity),
+        Duration::from_millis(config.kafka.delivery_timeout_ms),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<PublisherServer<PublisherService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crier_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            tracing::warn!(error = %e, "reflection disabled");
+            e
+        })
+        .ok();
+
+    // A batch may carry up to max_batch_events events of max_event_bytes, within a hard cap.
+    let max_message = (config.limits.max_event_bytes * config.limits.max_batch_events.max(1))
+        .clamp(4 * 1024 * 1024, 64 * 1024 * 1024);
+    let publisher = PublisherServer::new(service).max_decoding_message_size(max_message);
+    tracing::info!(listen = ?listener.local_addr().ok(), topic = %config.kafka.events_topic, "producer serving");
+
+    let draining = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.cancelled().await;
+            health
+                .set_not_serving::<PublisherServer<PublisherService>>()
+                .await;
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_optional_service(reflection)
+        .add_service(publisher)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .await?;
+
+    let timeout = Duration::from_secs(config.shutdown.flush_timeout_secs);
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    match flushed {
+        Ok(Ok(())) => tracing::info!("producer flushed; stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "flush on shutdown incomplete"),
+        Err(e) => tracing::error!(error = %e, "flush task failed"),
+    }
+    Ok(())
+}
