@@ -205,12 +205,14 @@ EOF
 
 format_storage() {
   [[ -f $DATA_DIR/meta.properties ]] && return 0
-  local cluster_id
+  local cluster_id out
   cluster_id=$("$JAVA" -cp "$CACHE_DIR/*" kafka.tools.StorageTool random-uuid)
   say "formatting KRaft storage in $DATA_DIR (cluster id $cluster_id)"
-  "$JAVA" -cp "$CACHE_DIR/*" -Dlog4j2.configurationFile="$LOG4J_CONFIG" \
-    kafka.tools.StorageTool format -t "$cluster_id" -c "$CONFIG" >&2 \
-    || die "kafka-storage format failed"
+  if ! out=$("$JAVA" -cp "$CACHE_DIR/*" -Dlog4j2.configurationFile="$LOG4J_CONFIG" \
+        kafka.tools.StorageTool format -t "$cluster_id" -c "$CONFIG" 2>&1); then
+    printf '%s\n' "$out" >&2
+    die "kafka-storage format failed"
+  fi
 }
 
 # --- commands --------------------------------------------------------------------------

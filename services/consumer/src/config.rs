@@ -1,0 +1,70 @@
+//! The consumer's configuration: `crier-consumer.toml`, overridden by `CRIER_*` variables.
+
+use crier_kafka::KafkaConfig;
+use crier_runtime::{GrpcConfig, LogConfig, MetricsConfig};
+use serde::Deserialize;
+
+/// All consumer settings. Every field has a default, so an empty file is a valid config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[grpc]`: where the Subscriber service listens.
+    pub grpc: GrpcConfig,
+    /// `[metrics]`: where Prometheus scrapes.
+    pub metrics: MetricsConfig,
+    /// `[log]`: log format and level.
+    pub log: LogConfig,
+    /// `[kafka]`: brokers and topics.
+    pub kafka: KafkaConfig,
+    /// `[subscriptions]`: delivery windows and cursor persistence.
+    pub subscriptions: SubscriptionsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig {
+                listen: ([0, 0, 0, 0], 50052).into(),
+            },
+            metrics: MetricsConfig {
+                listen: Some(([0, 0, 0, 0], 9465).into()),
+            },
+            log: LogConfig::default(),
+            kafka: KafkaConfig::default(),
+            subscriptions: SubscriptionsConfig::default(),
+        }
+    }
+}
+
+/// `[subscriptions]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionsConfig {
+    /// Unacknowledged deliveries allowed per stream when the client does not ask.
+    pub default_max_in_flight: u32,
+    /// The most a client may ask for.
+    pub max_in_flight_limit: u32,
+    /// How often a stream's cursor is written to Kafka while acknowledgements arrive, in ms.
+    /// A crash re-delivers at most this much acknowledged work.
+    pub cursor_flush_ms: u64,
+    /// Records the shared live reader keeps for streams that fall briefly behind. A stream
+    /// further behind reads from Kafka on its own until it catches up.
+    pub live_buffer: usize,
+    /// Most streams reading from Kafka on their own (replaying or catching up) at once.
+    pub max_catch_up_readers: usize,
+    /// Most open streams per instance.
+    pub max_streams: usize,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            default_max_in_flight: 256,
+            max_in_flight_limit: 10_000,
+            cursor_flush_ms: 500,
+            live_buffer: 8192,
+            max_catch_up_readers: 32,
+            max_streams: 10_000,
+        }
+    }
+}

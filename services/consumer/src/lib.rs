@@ -1,0 +1,101 @@
+//! Crier's consumer service: local authorities and other bodies hold durable gRPC
+//! subscriptions, and this service delivers them the events they are entitled to, at least
+//! once and in per-citizen order.
+//!
+//! - [`live`]: one shared reader per instance feeds every up-to-date stream;
+//! - [`store`]: subscription filters and cursors, in a compacted Kafka topic;
+//! - [`session`]: one open stream's delivery, acknowledgement and catch-up logic;
+//! - [`subscriber`]: the gRPC front: checks an Open and starts a session.
+//!
+//! [`serve`] is the whole service as a library function, so tests run it in-process.
+
+pub mod config;
+pub mod live;
+pub mod record;
+pub mod session;
+pub mod store;
+pub mod subscriber;
+
+use std::{sync::Arc, time::Duration};
+
+use crier_proto::v1::subscriber_server::SubscriberServer;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use session::Shared;
+use subscriber::SubscriberService;
+
+/// Why the consumer service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kafka could not be set up.
+    #[error(transparent)]
+    Kafka(#[from] crier_kafka::Error),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka(e.into())
+    }
+}
+
+/// Runs the consumer service on `listener` until `shutdown` is cancelled. Open streams are
+/// then ended with UNAVAILABLE (so clients reconnect), after saving their cursors.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    if config.kafka.create_topics {
+        crier_kafka::topics::ensure_topics(&config.kafka).await?;
+    }
+    // The readers stop after the server, so that closing streams can still save cursors.
+    let readers = CancellationToken::new();
+    let _stop_readers = readers.clone().drop_guard();
+    let live = live::Live::start(&config.kafka, config.subscriptions.live_buffer, readers.clone()).await?;
+    let store = Arc::new(store::SubscriptionStore::start(&config.kafka, readers.clone())?);
+    let shared = Shared {
+        live,
+        store,
+        kafka: config.kafka.clone(),
+        catch_up_slots: Arc::new(Semaphore::new(config.subscriptions.max_catch_up_readers.max(1))),
+        cursor_flush: Duration::from_millis(config.subscriptions.cursor_flush_ms.max(10)),
+        shutdown: shutdown.clone(),
+    };
+    let service = SubscriberService::new(shared, config.subscriptions.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SubscriberServer<SubscriberService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crier_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .inspect_err(|e| tracing::warn!(error = %e, "reflection disabled"))
+        .ok();
+    tracing::info!(listen = ?listener.local_addr().ok(), topic = %config.kafka.events_topic, "consumer serving");
+
+    let draining = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            health
+                .set_not_serving::<SubscriberServer<SubscriberService>>()
+                .await;
+        }
+    };
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_optional_service(reflection)
+        .add_service(SubscriberServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .await?;
+    tracing::info!("consumer stopped");
+    Ok(())
+}

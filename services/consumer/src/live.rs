@@ -1,0 +1,174 @@
+//! The one live reader per consumer-service instance, and Kafka metadata look-ups.
+//!
+//! Every stream that is up to date takes its events from this reader through a broadcast
+//! channel, so an instance reads each record from Kafka once however many subscriptions it
+//! serves (read amplification 1). A stream that is behind (replaying, resuming after an
+//! outage, or too slow for the broadcast buffer) reads on its own through a catch-up reader
+//! until it has caught up, then rejoins; see `session.rs`.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use crier_kafka::KafkaConfig;
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
+    error::KafkaError,
+};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::Record;
+
+const META_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Low and high watermark of one partition: the first offset still held, and the next
+/// offset to be written.
+pub type Watermarks = BTreeMap<i32, (i64, i64)>;
+
+/// The shared live reader.
+pub struct Live {
+    tx: broadcast::Sender<Arc<Record>>,
+    meta: Arc<BaseConsumer>,
+    topic: String,
+    partitions: Vec<i32>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// Starts reading the events topic at its current end and broadcasting each record,
+    /// until `shutdown`.
+    pub async fn start(
+        config: &KafkaConfig,
+        buffer: usize,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, KafkaError> {
+        let meta: Arc<BaseConsumer> = Arc::new(config.reader().create()?);
+        let topic = config.events_topic.clone();
+        let partitions = {
+            let (meta, topic) = (meta.clone(), topic.clone());
+            tokio::task::spawn_blocking(move || partitions_of(&meta, &topic))
+                .await
+                .map_err(|_| KafkaError::Canceled)??
+        };
+        let (tx, _) = broadcast::channel(buffer.max(16));
+        let live = Arc::new(Self {
+            tx,
+            meta,
+            topic,
+            partitions,
+        });
+        // Start exactly at the high watermarks, so any stream opened from here on can tell
+        // which records the live reader will carry.
+        let start = live.watermarks().await?;
+        let reader: StreamConsumer = config.reader().create()?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, (_, high)) in &start {
+            tpl.add_partition_offset(&live.topic, *p, Offset::Offset(*high))?;
+        }
+        reader.assign(&tpl)?;
+        let tx = live.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    msg = reader.recv() => msg,
+                };
+                match msg {
+                    Ok(msg) => {
+                        metrics::counter!("crier_live_records_total").increment(1);
+                        metrics::counter!("crier_live_bytes_total")
+                            .increment(rdkafka::Message::payload(&msg).map_or(0, <[u8]>::len) as u64);
+                        let _ = tx.send(Arc::new(Record::read(&msg)));
+                    }
+                    Err(KafkaError::PartitionEOF(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live reader error; librdkafka will retry");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            tokio::task::spawn_blocking(move || drop(reader));
+        });
+        Ok(live)
+    }
+
+    /// A receiver for every record read from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
+        self.tx.subscribe()
+    }
+
+    /// The events topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partitions of the events topic, as found at start-up.
+    pub fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// Current watermarks of every partition.
+    pub async fn watermarks(&self) -> Result<Watermarks, KafkaError> {
+        let (meta, topic, partitions) = (self.meta.clone(), self.topic.clone(), self.partitions.clone());
+        tokio::task::spawn_blocking(move || {
+            partitions
+                .iter()
+                .map(|p| Ok((*p, meta.fetch_watermarks(&topic, *p, META_TIMEOUT)?)))
+                .collect()
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// For each partition, the first offset whose timestamp is at or after `millis`, or the
+    /// high watermark when there is none.
+    pub async fn offsets_for_time(&self, millis: i64) -> Result<BTreeMap<i32, i64>, KafkaError> {
+        let marks = self.watermarks().await?;
+        let (meta, topic, partitions) = (self.meta.clone(), self.topic.clone(), self.partitions.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition_offset(&topic, *p, Offset::Offset(millis))?;
+            }
+            meta.offsets_for_times(tpl, META_TIMEOUT)
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)??;
+        Ok(found
+            .elements()
+            .iter()
+            .map(|e| {
+                let high = marks.get(&e.partition()).map_or(0, |m| m.1);
+                let offset = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => high,
+                };
+                (e.partition(), offset)
+            })
+            .collect())
+    }
+}
+
+fn partitions_of(meta: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
+    let md = meta.fetch_metadata(Some(topic), META_TIMEOUT)?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
+    }
+    Ok(partitions)
+}

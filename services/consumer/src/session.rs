@@ -1,0 +1,368 @@
+//! One open Subscribe stream: reads events from the right place, filters them, delivers
+//! them within the in-flight window, takes acknowledgements and keeps the cursor.
+//!
+//! Per partition the session tracks `next`, the next offset to look at. Records arrive
+//! from the shared live reader and, while the session is behind, from its own catch-up
+//! reader. A record is handled only when its offset equals `next`, so each offset is handled
+//! once and in order whichever source brings it; a live record beyond `next` means a gap,
+//! which the catch-up reader fills. A partition has *joined* the live reader once the live
+//! reader brings its next offset, or the catch-up reader reaches the end of the partition
+//! with nothing missed; when every partition has joined, the catch-up reader is dropped.
+//!
+//! The durable cursor of a partition is its lowest unacknowledged offset (or `next` when
+//! nothing is outstanding), so a crash or disconnect re-delivers exactly the unacknowledged
+//! events, in order.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use crier_kafka::KafkaConfig;
+use crier_proto::v1::{
+    Delivery, Filter, Position, SubscribeRequest, SubscribeResponse, subscribe_request::Request,
+    subscribe_response::Response,
+};
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+    error::KafkaError,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::{
+    live::Live,
+    record::Record,
+    store::{StoredSubscription, SubscriptionStore},
+};
+
+/// What a session needs from the service around it.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub live: Arc<Live>,
+    pub store: Arc<SubscriptionStore>,
+    pub kafka: KafkaConfig,
+    pub catch_up_slots: Arc<Semaphore>,
+    pub cursor_flush: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// The state of one stream.
+pub struct Session {
+    shared: Shared,
+    sub: StoredSubscription,
+    filter: Filter,
+    max_in_flight: usize,
+    out: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    live: broadcast::Receiver<Arc<Record>>,
+    catch_up: Option<CatchUp>,
+    next: BTreeMap<i32, i64>,
+    unacked: BTreeMap<i32, BTreeSet<i64>>,
+    in_flight: usize,
+    joined: BTreeMap<i32, bool>,
+    /// Highest live offset per partition that arrived before `next` reached it.
+    live_skipped: BTreeMap<i32, i64>,
+    dirty: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("subscription", &self.sub.name)
+            .field("next", &self.next)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+struct CatchUp {
+    consumer: StreamConsumer,
+    _slot: OwnedSemaphorePermit,
+}
+
+enum Step {
+    Continue,
+    End(Option<Status>),
+}
+
+impl Session {
+    /// A session starting at `start` (per-partition offsets), whose live receiver was taken
+    /// before `high` (the high watermarks) was read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Shared,
+        sub: StoredSubscription,
+        live: broadcast::Receiver<Arc<Record>>,
+        start: BTreeMap<i32, i64>,
+        high: &BTreeMap<i32, i64>,
+        max_in_flight: usize,
+        out: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    ) -> Self {
+        let joined = start
+            .iter()
+            .map(|(p, o)| (*p, *o >= high.get(p).copied().unwrap_or(0)))
+            .collect();
+        let filter = Filter {
+            event_types: sub.event_types.clone(),
+            areas: sub.areas.clone(),
+        };
+        Self {
+            shared,
+            sub,
+            filter,
+            max_in_flight,
+            out,
+            live,
+            catch_up: None,
+            unacked: start.keys().map(|p| (*p, BTreeSet::new())).collect(),
+            next: start,
+            in_flight: 0,
+            joined,
+            live_skipped: BTreeMap::new(),
+            dirty: true,
+        }
+    }
+
+    /// Runs the stream until the client leaves, the service shuts down or Kafka fails, then
+    /// saves the cursor.
+    pub async fn run(mut self, mut inbound: Streaming<SubscribeRequest>) {
+        let mut flush = tokio::time::interval(self.shared.cursor_flush);
+        let end = loop {
+            if self.catch_up.is_none() && self.joined.values().any(|j| !j) {
+                if let Err(e) = self.start_catch_up().await {
+                    break Some(Status::unavailable(format!("cannot read Kafka: {e}; reconnect to resume")));
+                }
+            }
+            let room = self.in_flight < self.max_in_flight;
+            let step = tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => Step::End(Some(Status::unavailable(
+                    "the consumer service is shutting down; reconnect to resume",
+                ))),
+                msg = inbound.message() => self.on_client(msg),
+                _ = flush.tick() => self.save().await,
+                rec = self.live.recv(), if room => self.on_live(rec).await,
+                rec = recv_catch_up(&self.catch_up), if room && self.catch_up.is_some() => {
+                    self.on_catch_up(rec).await
+                }
+            };
+            if let Step::End(status) = step {
+                break status;
+            }
+        };
+        self.drop_catch_up();
+        self.dirty = true;
+        let _ = self.save().await;
+        if let Some(status) = end {
+            let _ = self.out.send(Err(status)).await;
+        }
+    }
+
+    fn on_client(&mut self, msg: Result<Option<SubscribeRequest>, Status>) -> Step {
+        match msg {
+            Ok(Some(SubscribeRequest {
+                request: Some(Request::Ack(ack)),
+            })) => {
+                for id in &ack.ack_ids {
+                    self.ack(id);
+                }
+                Step::Continue
+            }
+            Ok(Some(_)) => Step::End(Some(Status::invalid_argument(
+                "request: after the first message (open), only ack messages are allowed",
+            ))),
+            Ok(None) | Err(_) => Step::End(None),
+        }
+    }
+
+    fn ack(&mut self, ack_id: &str) {
+        let parsed = ack_id
+            .split_once(':')
+            .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)));
+        let Some((p, o)) = parsed else {
+            metrics::counter!("crier_unknown_acks_total").increment(1);
+            return;
+        };
+        if self.unacked.get_mut(&p).is_some_and(|set| set.remove(&o)) {
+            self.in_flight -= 1;
+            self.dirty = true;
+            metrics::counter!("crier_acks_total").increment(1);
+        }
+    }
+
+    async fn on_live(&mut self, rec: Result<Arc<Record>, broadcast::error::RecvError>) -> Step {
+        match rec {
+            Ok(rec) => {
+                let p = rec.partition;
+                let next = self.next.get(&p).copied().unwrap_or(0);
+                if rec.offset > next {
+                    // A gap: the catch-up reader must bring next..rec.offset first.
+                    self.live_skipped.insert(p, rec.offset);
+                    if self.joined.insert(p, false) == Some(true) {
+                        self.drop_catch_up();
+                    }
+                    return Step::Continue;
+                }
+                if rec.offset == next {
+                    self.joined.insert(p, true);
+                }
+                let step = self.handle(&rec).await;
+                if self.joined.values().all(|j| *j) {
+                    self.drop_catch_up();
+                }
+                step
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                // Fell behind the live buffer: read from Kafka until caught up again.
+                metrics::counter!("crier_live_lagged_total").increment(1);
+                tracing::debug!(subscription = %self.sub.name, missed = n, "fell behind the live reader");
+                self.joined.values_mut().for_each(|j| *j = false);
+                self.drop_catch_up();
+                Step::Continue
+            }
+            Err(broadcast::error::RecvError::Closed) => Step::End(Some(Status::unavailable(
+                "the live reader stopped; reconnect to resume",
+            ))),
+        }
+    }
+
+    async fn on_catch_up(&mut self, msg: Result<Record, KafkaError>) -> Step {
+        match msg {
+            Ok(rec) => {
+                let next = self.next.get(&rec.partition).copied().unwrap_or(0);
+                if rec.offset > next {
+                    // Retention deleted records this subscription had not yet seen.
+                    tracing::warn!(subscription = %self.sub.name, partition = rec.partition,
+                        from = next, to = rec.offset, "records expired before delivery");
+                    self.next.insert(rec.partition, rec.offset);
+                }
+                self.handle(&rec).await
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                let next = self.next.get(&p).copied().unwrap_or(0);
+                if self.live_skipped.get(&p).is_none_or(|s| next > *s) {
+                    self.joined.insert(p, true);
+                }
+                if self.joined.values().all(|j| *j) {
+                    self.drop_catch_up();
+                }
+                Step::Continue
+            }
+            Err(e) => {
+                tracing::warn!(subscription = %self.sub.name, error = %e, "catch-up read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Step::Continue
+            }
+        }
+    }
+
+    /// Handles the record at `next` of its partition: delivers it if it matches.
+    async fn handle(&mut self, rec: &Record) -> Step {
+        let p = rec.partition;
+        if rec.offset != self.next.get(&p).copied().unwrap_or(0) {
+            return Step::Continue;
+        }
+        self.next.insert(p, rec.offset + 1);
+        self.dirty = true;
+        let Some(event) = &rec.event else {
+            return Step::Continue;
+        };
+        let areas = event.areas.iter().map(String::as_str);
+        if !crier_schema::filter::matches(&self.filter, &event.r#type, areas) {
+            return Step::Continue;
+        }
+        let delivery = Delivery {
+            event: Some(event.clone()),
+            position: Some(Position {
+                topic: self.shared.live.topic().to_owned(),
+                partition: p,
+                offset: rec.offset,
+            }),
+            ack_id: format!("{p}:{}", rec.offset),
+        };
+        self.unacked.entry(p).or_default().insert(rec.offset);
+        self.in_flight += 1;
+        metrics::counter!("crier_deliveries_total").increment(1);
+        let response = SubscribeResponse {
+            response: Some(Response::Delivery(delivery)),
+        };
+        if self.out.send(Ok(response)).await.is_err() {
+            return Step::End(None);
+        }
+        Step::Continue
+    }
+
+    /// The cursor to store: per partition, the first unacknowledged offset.
+    fn cursor(&self) -> BTreeMap<i32, i64> {
+        self.next
+            .iter()
+            .map(|(p, next)| {
+                let first_unacked = self.unacked.get(p).and_then(|s| s.first().copied());
+                (*p, first_unacked.unwrap_or(*next))
+            })
+            .collect()
+    }
+
+    async fn save(&mut self) -> Step {
+        if !self.dirty {
+            return Step::Continue;
+        }
+        let cursor = self.cursor();
+        if cursor == self.sub.cursor {
+            self.dirty = false;
+            return Step::Continue;
+        }
+        let mut sub = self.sub.clone();
+        sub.cursor = cursor;
+        match self.shared.store.put(sub.clone()).await {
+            Ok(()) => {
+                self.sub = sub;
+                self.dirty = false;
+            }
+            Err(e) => tracing::warn!(subscription = %self.sub.name, error = %e, "cursor not saved; will retry"),
+        }
+        Step::Continue
+    }
+
+    async fn start_catch_up(&mut self) -> Result<(), KafkaError> {
+        let slot = self
+            .shared
+            .catch_up_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| KafkaError::Canceled)?;
+        let consumer: StreamConsumer = self.shared.kafka.reader().create()?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, joined) in &self.joined {
+            if !joined {
+                let next = self.next.get(p).copied().unwrap_or(0);
+                tpl.add_partition_offset(self.shared.live.topic(), *p, Offset::Offset(next))?;
+            }
+        }
+        consumer.assign(&tpl)?;
+        metrics::counter!("crier_catch_up_readers_total").increment(1);
+        self.catch_up = Some(CatchUp {
+            consumer,
+            _slot: slot,
+        });
+        Ok(())
+    }
+
+    fn drop_catch_up(&mut self) {
+        if let Some(catch_up) = self.catch_up.take() {
+            // Closing a consumer can block while the broker is away: keep it off the runtime.
+            tokio::task::spawn_blocking(move || drop(catch_up));
+        }
+    }
+}
+
+async fn recv_catch_up(catch_up: &Option<CatchUp>) -> Result<Record, KafkaError> {
+    match catch_up {
+        Some(c) => c.consumer.recv().await.map(|m| Record::read(&m)),
+        None => std::future::pending().await,
+    }
+}
