@@ -2,7 +2,12 @@
 //!
 //! `crier.v1` holds the envelope and the Publisher and Subscriber services; `crier.events.v1`
 //! holds the payload of each event type. Other languages generate from the same files.
-#![allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 
 /// The envelope, positions and the two gRPC services.
 pub mod v1 {

@@ -24,10 +24,18 @@ use crate::{payload, status_error};
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     /// Producer service URL.
-    #[arg(long, env = "CRIER_PRODUCER_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CRIER_PRODUCER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     producer: String,
     /// Consumer service URL.
-    #[arg(long, env = "CRIER_CONSUMER_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "CRIER_CONSUMER_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     consumer: String,
 }
 
@@ -56,7 +64,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     for (who, event) in events() {
-        let kind = event.r#type.trim_start_matches("crier.events.v1.").to_owned();
+        let kind = event
+            .r#type
+            .trim_start_matches("crier.events.v1.")
+            .to_owned();
         let areas = event.areas.join(",");
         let response = publisher
             .publish(PublishRequest { event: Some(event) })
@@ -64,7 +75,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .map_err(status_error)?
             .into_inner();
         let pos = response.position.unwrap_or_default();
-        println!("{who:<9} published {kind:<16} areas={areas:<19} -> {}[{}]@{}", pos.topic, pos.partition, pos.offset);
+        println!(
+            "{who:<9} published {kind:<16} areas={areas:<19} -> {}[{}]@{}",
+            pos.topic, pos.partition, pos.offset
+        );
     }
     println!();
 
@@ -77,7 +91,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let Some(ServerMsg::Delivery(d)) = msg.response else {
             continue;
         };
-        println!("council   received:\n{}", serde_json::to_string_pretty(&delivery_json(&d))?);
+        println!(
+            "council   received:\n{}",
+            serde_json::to_string_pretty(&delivery_json(&d))?
+        );
         tx.send(SubscribeRequest {
             request: Some(ClientMsg::Ack(Ack {
                 ack_ids: vec![d.ack_id.clone()],
@@ -89,7 +106,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Ok(Some(Ok(extra))) = tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
         bail!("received an event outside the filter: {extra:?}");
     }
-    println!("\ncouncil   acknowledged 2 events; the Westminster (E09000033) death was not delivered: outside the filter");
+    println!(
+        "\ncouncil   acknowledged 2 events; the Westminster (E09000033) death was not delivered: outside the filter"
+    );
     drop(tx);
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
@@ -114,7 +133,13 @@ fn open(name: &str) -> SubscribeRequest {
     }
 }
 
-fn envelope(source: &str, subject: &str, areas: &[&str], data: impl Message, type_name: &str) -> Event {
+fn envelope(
+    source: &str,
+    subject: &str,
+    areas: &[&str],
+    data: impl Message,
+    type_name: &str,
+) -> Event {
     Event {
         id: uuid::Uuid::new_v4().to_string(),
         source: source.into(),
@@ -185,9 +210,36 @@ fn events() -> Vec<(&'static str, Event)> {
         ..Default::default()
     };
     vec![
-        ("GRO", envelope("urn:crier:uk.gov.gro/death-registration", "psn:7f3a91c2", &["E06000002"], death, "DeathRegistered")),
-        ("DVLA", envelope("urn:crier:uk.gov.dvla/licensing", "psn:2b8e4d10", &["E06000003", "E06000002"], moved, "AddressChanged")),
-        ("GRO", envelope("urn:crier:uk.gov.gro/death-registration", "psn:c4d2e8a0", &["E09000033"], elsewhere, "DeathRegistered")),
+        (
+            "GRO",
+            envelope(
+                "urn:crier:uk.gov.gro/death-registration",
+                "psn:7f3a91c2",
+                &["E06000002"],
+                death,
+                "DeathRegistered",
+            ),
+        ),
+        (
+            "DVLA",
+            envelope(
+                "urn:crier:uk.gov.dvla/licensing",
+                "psn:2b8e4d10",
+                &["E06000003", "E06000002"],
+                moved,
+                "AddressChanged",
+            ),
+        ),
+        (
+            "GRO",
+            envelope(
+                "urn:crier:uk.gov.gro/death-registration",
+                "psn:c4d2e8a0",
+                &["E09000033"],
+                elsewhere,
+                "DeathRegistered",
+            ),
+        ),
     ]
 }
 

@@ -40,7 +40,11 @@ enum Command {
 #[derive(Debug, Args)]
 struct PublishArgs {
     /// Producer service URL.
-    #[arg(long, env = "CRIER_PRODUCER_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CRIER_PRODUCER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     producer: String,
     /// Event type, for example crier.events.v1.DeathRegistered.
     #[arg(long = "type")]
@@ -71,7 +75,11 @@ struct PublishArgs {
 #[derive(Debug, Args)]
 struct SubscribeArgs {
     /// Consumer service URL.
-    #[arg(long, env = "CRIER_CONSUMER_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "CRIER_CONSUMER_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     consumer: String,
     /// Durable subscription name, for example e06000002.revenues.deaths.
     #[arg(long)]
@@ -109,7 +117,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let level = if args.sensitive { Level::OfficialSensitive } else { Level::Official };
+    let level = if args.sensitive {
+        Level::OfficialSensitive
+    } else {
+        Level::Official
+    };
     let event = Event {
         id: args.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         source: args.source,
@@ -117,7 +129,9 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         r#type: args.event_type,
         subject: args.subject,
         areas: args.areas,
-        classification: Some(Classification { level: level as i32 }),
+        classification: Some(Classification {
+            level: level as i32,
+        }),
         correlation_id: args.correlation_id,
         ..Default::default()
     };

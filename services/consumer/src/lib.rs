@@ -57,13 +57,23 @@ pub async fn serve(
     // The readers stop after the server, so that closing streams can still save cursors.
     let readers = CancellationToken::new();
     let _stop_readers = readers.clone().drop_guard();
-    let live = live::Live::start(&config.kafka, config.subscriptions.live_buffer, readers.clone()).await?;
-    let store = Arc::new(store::SubscriptionStore::start(&config.kafka, readers.clone())?);
+    let live = live::Live::start(
+        &config.kafka,
+        config.subscriptions.live_buffer,
+        readers.clone(),
+    )
+    .await?;
+    let store = Arc::new(store::SubscriptionStore::start(
+        &config.kafka,
+        readers.clone(),
+    )?);
     let shared = Shared {
         live,
         store,
         kafka: config.kafka.clone(),
-        catch_up_slots: Arc::new(Semaphore::new(config.subscriptions.max_catch_up_readers.max(1))),
+        catch_up_slots: Arc::new(Semaphore::new(
+            config.subscriptions.max_catch_up_readers.max(1),
+        )),
         cursor_flush: Duration::from_millis(config.subscriptions.cursor_flush_ms.max(10)),
         shutdown: shutdown.clone(),
     };

@@ -84,8 +84,9 @@ impl Live {
                 match msg {
                     Ok(msg) => {
                         metrics::counter!("crier_live_records_total").increment(1);
-                        metrics::counter!("crier_live_bytes_total")
-                            .increment(rdkafka::Message::payload(&msg).map_or(0, <[u8]>::len) as u64);
+                        metrics::counter!("crier_live_bytes_total").increment(
+                            rdkafka::Message::payload(&msg).map_or(0, <[u8]>::len) as u64,
+                        );
                         let _ = tx.send(Arc::new(Record::read(&msg)));
                     }
                     Err(KafkaError::PartitionEOF(_)) => {}
@@ -117,7 +118,11 @@ impl Live {
 
     /// Current watermarks of every partition.
     pub async fn watermarks(&self) -> Result<Watermarks, KafkaError> {
-        let (meta, topic, partitions) = (self.meta.clone(), self.topic.clone(), self.partitions.clone());
+        let (meta, topic, partitions) = (
+            self.meta.clone(),
+            self.topic.clone(),
+            self.partitions.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             partitions
                 .iter()
@@ -132,7 +137,11 @@ impl Live {
     /// high watermark when there is none.
     pub async fn offsets_for_time(&self, millis: i64) -> Result<BTreeMap<i32, i64>, KafkaError> {
         let marks = self.watermarks().await?;
-        let (meta, topic, partitions) = (self.meta.clone(), self.topic.clone(), self.partitions.clone());
+        let (meta, topic, partitions) = (
+            self.meta.clone(),
+            self.topic.clone(),
+            self.partitions.clone(),
+        );
         let found = tokio::task::spawn_blocking(move || {
             let mut tpl = TopicPartitionList::new();
             for p in &partitions {

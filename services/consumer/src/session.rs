@@ -131,10 +131,13 @@ impl Session {
     pub async fn run(mut self, mut inbound: Streaming<SubscribeRequest>) {
         let mut flush = tokio::time::interval(self.shared.cursor_flush);
         let end = loop {
-            if self.catch_up.is_none() && self.joined.values().any(|j| !j) {
-                if let Err(e) = self.start_catch_up().await {
-                    break Some(Status::unavailable(format!("cannot read Kafka: {e}; reconnect to resume")));
-                }
+            if self.catch_up.is_none()
+                && self.joined.values().any(|j| !j)
+                && let Err(e) = self.start_catch_up().await
+            {
+                break Some(Status::unavailable(format!(
+                    "cannot read Kafka: {e}; reconnect to resume"
+                )));
             }
             let room = self.in_flight < self.max_in_flight;
             let step = tokio::select! {
@@ -322,7 +325,9 @@ impl Session {
                 self.sub = sub;
                 self.dirty = false;
             }
-            Err(e) => tracing::warn!(subscription = %self.sub.name, error = %e, "cursor not saved; will retry"),
+            Err(e) => {
+                tracing::warn!(subscription = %self.sub.name, error = %e, "cursor not saved; will retry")
+            }
         }
         Step::Continue
     }

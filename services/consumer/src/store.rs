@@ -149,6 +149,8 @@ fn apply(
         Some(Ok(sub)) => {
             state.insert(name.to_owned(), sub);
         }
-        Some(Err(e)) => tracing::warn!(subscription = name, error = %e, "unreadable subscription record"),
+        Some(Err(e)) => {
+            tracing::warn!(subscription = name, error = %e, "unreadable subscription record")
+        }
     }
 }

@@ -58,7 +58,10 @@ impl SubscriberService {
             n if n > self.limits.max_in_flight_limit => {
                 return Err(Invalid::new(
                     "open.max_in_flight",
-                    format!("{n} is over the limit of {}", self.limits.max_in_flight_limit),
+                    format!(
+                        "{n} is over the limit of {}",
+                        self.limits.max_in_flight_limit
+                    ),
                 ));
             }
             n => n,
@@ -76,7 +79,7 @@ impl SubscriberService {
         let low = |p: &i32| marks.get(p).map_or(0, |m| m.0);
         let high = |p: &i32| marks.get(p).map_or(0, |m| m.1);
         let clamp = |p: &i32, o: i64| o.clamp(low(p), high(p));
-        let from = open.start.as_ref().and_then(|s| s.from.clone());
+        let from = open.start.as_ref().and_then(|s| s.from);
         Ok(match from {
             Some(StartAt::Beginning(_)) => marks.keys().map(|p| (*p, low(p))).collect(),
             Some(StartAt::Time(ts)) => {
@@ -89,14 +92,24 @@ impl SubscriberService {
                     .map_err(unavailable)?;
                 marks
                     .keys()
-                    .map(|p| (*p, clamp(p, found.get(p).copied().unwrap_or_else(|| high(p)))))
+                    .map(|p| {
+                        (
+                            *p,
+                            clamp(p, found.get(p).copied().unwrap_or_else(|| high(p))),
+                        )
+                    })
                     .collect()
             }
             Some(StartAt::Resume(_)) | None => match stored {
                 // A partition unknown to the cursor was added later: it starts at its beginning.
                 Some(sub) => marks
                     .keys()
-                    .map(|p| (*p, clamp(p, sub.cursor.get(p).copied().unwrap_or_else(|| low(p)))))
+                    .map(|p| {
+                        (
+                            *p,
+                            clamp(p, sub.cursor.get(p).copied().unwrap_or_else(|| low(p))),
+                        )
+                    })
                     .collect(),
                 None => marks.keys().map(|p| (*p, high(p))).collect(),
             },
@@ -148,7 +161,9 @@ impl Subscriber for SubscriberService {
             request: Some(ClientMsg::Open(open)),
         }) = first
         else {
-            return Err(Invalid::new("open", "the first message on the stream must be open").into());
+            return Err(
+                Invalid::new("open", "the first message on the stream must be open").into(),
+            );
         };
         let (wanted, max_in_flight) = self.check_open(&open)?;
         let name = open.subscription.clone();
@@ -173,15 +188,15 @@ impl Subscriber for SubscriberService {
         let live = self.shared.live.subscribe();
         let marks = self.shared.live.watermarks().await.map_err(unavailable)?;
         let stored = self.shared.store.get(&name).await.map_err(unavailable)?;
-        if let Some(existing) = &stored {
-            if existing.event_types != wanted.event_types || existing.areas != wanted.areas {
-                return Err(Status::already_exists(format!(
-                    "subscription '{name}' already exists with event_types [{}] and areas [{}]; \
+        if let Some(existing) = &stored
+            && (existing.event_types != wanted.event_types || existing.areas != wanted.areas)
+        {
+            return Err(Status::already_exists(format!(
+                "subscription '{name}' already exists with event_types [{}] and areas [{}]; \
                      open it with the same filter or choose another name",
-                    existing.event_types.join(", "),
-                    existing.areas.join(", ")
-                )));
-            }
+                existing.event_types.join(", "),
+                existing.areas.join(", ")
+            )));
         }
         let start = self.start_offsets(&open, stored.as_ref(), &marks).await?;
         let created = stored.is_none();
@@ -192,7 +207,11 @@ impl Subscriber for SubscriberService {
             cursor: start.clone(),
             updated_at: String::new(),
         };
-        self.shared.store.put(sub.clone()).await.map_err(unavailable)?;
+        self.shared
+            .store
+            .put(sub.clone())
+            .await
+            .map_err(unavailable)?;
         tracing::info!(subscription = %name, created, ?start, "stream opened");
 
         let (tx, rx) = mpsc::channel(max_in_flight + 8);
@@ -207,7 +226,15 @@ impl Subscriber for SubscriberService {
             .await
             .map_err(|_| Status::cancelled("client left"))?;
         let high = marks.iter().map(|(p, m)| (*p, m.1)).collect();
-        let session = Session::new(self.shared.clone(), sub, live, start, &high, max_in_flight, tx);
+        let session = Session::new(
+            self.shared.clone(),
+            sub,
+            live,
+            start,
+            &high,
+            max_in_flight,
+            tx,
+        );
         metrics::gauge!("crier_open_streams").increment(1.0);
         tokio::spawn(async move {
             session.run(inbound).await;

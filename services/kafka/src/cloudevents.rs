@@ -47,7 +47,10 @@ pub fn encode(event: &Event) -> Record {
     add("content-type", &event.data_content_type);
     add("ce_dataschema", &event.data_schema);
     add("ce_areas", &event.areas.join(","));
-    add("ce_classification", classification_name(event.classification));
+    add(
+        "ce_classification",
+        classification_name(event.classification),
+    );
     add("ce_correlationid", &event.correlation_id);
     add("ce_partitionkey", &event.partition_key);
     Record {
@@ -164,7 +167,15 @@ mod tests {
 
     #[test]
     fn a_record_without_cloudevents_headers_is_refused() {
-        let msg = OwnedMessage::new(Some(vec![1]), None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
+        let msg = OwnedMessage::new(
+            Some(vec![1]),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
         assert!(matches!(decode(&msg), Err(Error::Wire(_))));
     }
 }

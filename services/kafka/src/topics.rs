@@ -19,13 +19,28 @@ use crate::{Error, KafkaConfig, Result};
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = config.admin().create()?;
     let replication = || TopicReplication::Fixed(config.replication_factor);
-    let events = NewTopic::new(&config.events_topic, config.partitions, replication())
-        .set("min.insync.replicas", if config.replication_factor > 1 { "2" } else { "1" });
+    let events = NewTopic::new(&config.events_topic, config.partitions, replication()).set(
+        "min.insync.replicas",
+        if config.replication_factor > 1 {
+            "2"
+        } else {
+            "1"
+        },
+    );
     let subscriptions = NewTopic::new(&config.subscriptions_topic, 1, replication())
         .set("cleanup.policy", "compact")
-        .set("min.insync.replicas", if config.replication_factor > 1 { "2" } else { "1" });
+        .set(
+            "min.insync.replicas",
+            if config.replication_factor > 1 {
+                "2"
+            } else {
+                "1"
+            },
+        );
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics([&events, &subscriptions], &opts).await?;
+    let results = admin
+        .create_topics([&events, &subscriptions], &opts)
+        .await?;
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, "created topic"),

@@ -107,10 +107,10 @@ impl Inner {
             if now.duration_since(*at) <= window && self.order.len() <= capacity {
                 break;
             }
-            if let Some((_, key)) = self.order.pop_front() {
-                if matches!(self.slots.get(&key), Some(Slot::Done(_))) {
-                    self.slots.remove(&key);
-                }
+            if let Some((_, key)) = self.order.pop_front()
+                && matches!(self.slots.get(&key), Some(Slot::Done(_)))
+            {
+                self.slots.remove(&key);
             }
         }
     }

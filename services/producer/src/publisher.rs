@@ -66,7 +66,9 @@ impl PublisherService {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("Inner")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,7 +159,9 @@ fn kafka_status(err: &KafkaError) -> Status {
     };
     Status::new(
         code,
-        format!("Kafka did not acknowledge the event ({err}); it may not be stored: retry with the same id"),
+        format!(
+            "Kafka did not acknowledge the event ({err}); it may not be stored: retry with the same id"
+        ),
     )
 }
 

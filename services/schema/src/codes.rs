@@ -88,7 +88,14 @@ mod tests {
 
     #[test]
     fn gss_codes_of_local_authorities_are_accepted() {
-        for code in ["E06000002", "E07000223", "E09000033", "W06000015", "S12000036", "N09000003"] {
+        for code in [
+            "E06000002",
+            "E07000223",
+            "E09000033",
+            "W06000015",
+            "S12000036",
+            "N09000003",
+        ] {
             assert_eq!(check_gss(code), Ok(()), "{code}");
         }
     }

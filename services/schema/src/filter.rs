@@ -12,10 +12,16 @@ pub const MAX_NAME_LEN: usize = 200;
 pub fn check_name(name: &str) -> Result<(), Invalid> {
     let field = "open.subscription";
     if name.is_empty() {
-        return Err(Invalid::new(field, "required, for example e06000002.revenues.deaths"));
+        return Err(Invalid::new(
+            field,
+            "required, for example e06000002.revenues.deaths",
+        ));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(Invalid::new(field, format!("at most {MAX_NAME_LEN} characters")));
+        return Err(Invalid::new(
+            field,
+            format!("at most {MAX_NAME_LEN} characters"),
+        ));
     }
     if let Some(bad) = name
         .chars()
@@ -39,7 +45,10 @@ pub fn check_filter(registry: &Registry, filter: &Filter) -> Result<(), Invalid>
     }
     for (i, t) in filter.event_types.iter().enumerate() {
         if registry.event_type(t).is_none() {
-            return Err(Registry::unknown_type(&format!("open.filter.event_types[{i}]"), t));
+            return Err(Registry::unknown_type(
+                &format!("open.filter.event_types[{i}]"),
+                t,
+            ));
         }
     }
     for (i, area) in filter.areas.iter().enumerate() {
@@ -94,10 +103,24 @@ mod tests {
     #[test]
     fn filters_need_known_types_and_valid_areas() {
         let r = Registry::new();
-        assert!(check_filter(&r, &filter(&["crier.events.v1.DeathRegistered"], &["E06000002"])).is_ok());
-        assert_eq!(check_filter(&r, &filter(&[], &[])).unwrap_err().field, "open.filter.event_types");
+        assert!(
+            check_filter(
+                &r,
+                &filter(&["crier.events.v1.DeathRegistered"], &["E06000002"])
+            )
+            .is_ok()
+        );
         assert_eq!(
-            check_filter(&r, &filter(&["crier.events.v1.DeathRegistered"], &["E0600000"])).unwrap_err().field,
+            check_filter(&r, &filter(&[], &[])).unwrap_err().field,
+            "open.filter.event_types"
+        );
+        assert_eq!(
+            check_filter(
+                &r,
+                &filter(&["crier.events.v1.DeathRegistered"], &["E0600000"])
+            )
+            .unwrap_err()
+            .field,
             "open.filter.areas[0]"
         );
     }
@@ -113,6 +136,9 @@ mod tests {
 
     #[test]
     fn canonical_filters_ignore_order_and_repeats() {
-        assert_eq!(canonical(&filter(&["B", "A", "A"], &[])), canonical(&filter(&["A", "B"], &[])));
+        assert_eq!(
+            canonical(&filter(&["B", "A", "A"], &[])),
+            canonical(&filter(&["A", "B"], &[]))
+        );
     }
 }

@@ -115,7 +115,10 @@ mod tests {
     fn every_listed_event_type_is_in_the_compiled_schema() {
         let registry = Registry::new();
         for t in EVENT_TYPES {
-            assert!(registry.event_type(t).is_some(), "{t} missing from descriptors");
+            assert!(
+                registry.event_type(t).is_some(),
+                "{t} missing from descriptors"
+            );
         }
         assert!(registry.event_type("crier.events.v1.Date").is_none());
     }

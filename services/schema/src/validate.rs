@@ -29,7 +29,10 @@ pub fn validate_event(registry: &Registry, event: &Event, max_bytes: usize) -> R
     required_text("event.id", &event.id, MAX_ID_LEN)?;
     required_text("event.source", &event.source, MAX_URI_LEN)?;
     if event.r#type.is_empty() {
-        return Err(Invalid::new("event.type", "required, for example crier.events.v1.DeathRegistered"));
+        return Err(Invalid::new(
+            "event.type",
+            "required, for example crier.events.v1.DeathRegistered",
+        ));
     }
     if registry.event_type(&event.r#type).is_none() {
         return Err(Registry::unknown_type("event.type", &event.r#type));
@@ -171,22 +174,38 @@ mod tests {
 
     #[test]
     fn a_complete_event_is_valid() {
-        assert_eq!(validate_event(&Registry::new(), &valid(), 64 * 1024), Ok(()));
+        assert_eq!(
+            validate_event(&Registry::new(), &valid(), 64 * 1024),
+            Ok(())
+        );
     }
 
     #[test]
     fn each_broken_rule_names_its_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Event)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut Event)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("event.id", Box::new(|e| e.id.clear())),
             ("event.source", Box::new(|e| e.source = "  ".into())),
             ("event.type", Box::new(|e| e.r#type = "Nope".into())),
-            ("event.subject", Box::new(|e| e.subject = "9434765919".into())),
-            ("event.partition_key", Box::new(|e| e.partition_key = "QQ123456C".into())),
+            (
+                "event.subject",
+                Box::new(|e| e.subject = "9434765919".into()),
+            ),
+            (
+                "event.partition_key",
+                Box::new(|e| e.partition_key = "QQ123456C".into()),
+            ),
             ("event.areas", Box::new(|e| e.areas.clear())),
             ("event.areas[1]", Box::new(|e| e.areas.push("X99".into()))),
-            ("event.classification", Box::new(|e| e.classification = None)),
+            (
+                "event.classification",
+                Box::new(|e| e.classification = None),
+            ),
             ("event.data", Box::new(|e| e.data = vec![0xff])),
-            ("event.data_content_type", Box::new(|e| e.data_content_type = "text/plain".into())),
+            (
+                "event.data_content_type",
+                Box::new(|e| e.data_content_type = "text/plain".into()),
+            ),
         ];
         for (field, breakit) in cases {
             let mut event = valid();
@@ -207,7 +226,13 @@ mod tests {
     #[test]
     fn normalize_fills_what_the_publisher_left_empty() {
         let mut event = valid();
-        normalize(&mut event, prost_types::Timestamp { seconds: 5, nanos: 0 });
+        normalize(
+            &mut event,
+            prost_types::Timestamp {
+                seconds: 5,
+                nanos: 0,
+            },
+        );
         assert_eq!(event.partition_key, "psn:abc123");
         assert_eq!(event.data_content_type, PROTOBUF_CONTENT_TYPE);
         assert_eq!(event.time.unwrap().seconds, 5);

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every check and test Crier has, against a real Kafka broker started by kafka.sh.
+# This is quick-start command (2) in the README, and what .ci/run calls.
+#
+#   deploy/test.sh            fmt, clippy, unit tests, then the e2e suite on real Kafka
+#
+# A broker that is already running (deploy/kafka.sh status) is used and left running;
+# otherwise one is started and stopped again at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "test.sh: $*" >&2; }
+
+started_kafka=0
+finish() {
+  if [ "$started_kafka" = 1 ]; then deploy/kafka.sh stop || true; fi
+}
+trap finish EXIT
+
+say "formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+say "lints (cargo clippy -D warnings)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if ! deploy/kafka.sh status >/dev/null 2>&1; then
+  deploy/kafka.sh start
+  started_kafka=1
+fi
+export CRIER_TEST_KAFKA="$(deploy/kafka.sh bootstrap)"
+
+say "tests (cargo test --workspace) against Kafka at $CRIER_TEST_KAFKA"
+cargo test --workspace --locked
+say "all tests passed"

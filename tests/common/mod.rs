@@ -1,0 +1,306 @@
+//! Shared test harness: both services started in-process on port 0 against the real Kafka
+//! broker that `deploy/test.sh` starts, each test on its own topics so tests run in parallel
+//! without seeing each other's events.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use crier_proto::{
+    events::v1 as ev,
+    v1::{
+        Ack, Classification, Delivery, Event, Filter, Open, StartFrom, SubscribeRequest,
+        SubscribeResponse, classification::Level, publisher_client::PublisherClient, start_from,
+        subscribe_request::Request as ClientMsg, subscribe_response::Response as ServerMsg,
+        subscriber_client::SubscriberClient,
+    },
+};
+use prost::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming, transport::Channel};
+
+pub const DEATH: &str = "crier.events.v1.DeathRegistered";
+pub const MOVED: &str = "crier.events.v1.AddressChanged";
+
+/// The broker the tests use: `CRIER_TEST_KAFKA`, or the deploy script's default.
+pub fn bootstrap() -> String {
+    std::env::var("CRIER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Kafka settings for one test: its own topics on the shared broker.
+pub fn kafka_config(test: &str) -> crier_kafka::KafkaConfig {
+    let unique = format!("{test}.{}", uuid::Uuid::new_v4().simple());
+    crier_kafka::KafkaConfig {
+        bootstrap_servers: bootstrap(),
+        events_topic: format!("test.{unique}.events"),
+        subscriptions_topic: format!("test.{unique}.subscriptions"),
+        partitions: 4,
+        delivery_timeout_ms: 10_000,
+        ..Default::default()
+    }
+}
+
+/// A running service: its address, and how to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the service as SIGTERM would, and waits for it to finish.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("service stops within 30 s")
+            .expect("service task did not panic");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+pub async fn start_producer(kafka: &crier_kafka::KafkaConfig) -> Running {
+    let mut config = crier_producer::Config {
+        kafka: kafka.clone(),
+        ..Default::default()
+    };
+    config.metrics.listen = None;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        crier_producer::serve(config, listener, token)
+            .await
+            .expect("producer serve");
+    });
+    wait_until_listening(addr).await;
+    Running { addr, stop, task }
+}
+
+pub async fn start_consumer(kafka: &crier_kafka::KafkaConfig) -> Running {
+    let mut config = crier_consumer::Config {
+        kafka: kafka.clone(),
+        ..Default::default()
+    };
+    config.metrics.listen = None;
+    config.subscriptions.cursor_flush_ms = 100;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        crier_consumer::serve(config, listener, token)
+            .await
+            .expect("consumer serve");
+    });
+    wait_until_listening(addr).await;
+    Running { addr, stop, task }
+}
+
+/// Waits until the gRPC health service answers SERVING, as an orchestrator would.
+async fn wait_until_listening(addr: SocketAddr) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let url = format!("http://{addr}");
+    for _ in 0..300 {
+        if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if status.is_ok_and(|s| s.get_ref().status == ServingStatus::Serving as i32) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("service at {addr} did not become healthy");
+}
+
+pub async fn publisher(running: &Running) -> PublisherClient<Channel> {
+    PublisherClient::connect(running.url()).await.unwrap()
+}
+
+/// A valid event of `type_name` about `subject` in `areas`, with a fresh id.
+pub fn event(type_name: &str, subject: &str, areas: &[&str]) -> Event {
+    let data = match type_name {
+        DEATH => ev::DeathRegistered {
+            registration_id: format!("DE-{}", uuid::Uuid::new_v4().simple()),
+            registration_district: "Middlesbrough".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        MOVED => ev::AddressChanged {
+            new_address: Some(ev::Address {
+                uprn: 100110067342,
+                postcode: "TS1 1RE".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        other => panic!("no sample for {other}"),
+    };
+    Event {
+        id: uuid::Uuid::new_v4().to_string(),
+        source: "urn:crier:test".into(),
+        r#type: type_name.into(),
+        subject: subject.into(),
+        areas: areas.iter().map(|a| a.to_string()).collect(),
+        classification: Some(Classification {
+            level: Level::Official as i32,
+        }),
+        data,
+        ..Default::default()
+    }
+}
+
+/// One client-side subscription stream.
+#[derive(Debug)]
+pub struct Subscription {
+    tx: mpsc::Sender<SubscribeRequest>,
+    stream: Streaming<SubscribeResponse>,
+    pub created: bool,
+}
+
+pub fn filter(types: &[&str], areas: &[&str]) -> Filter {
+    Filter {
+        event_types: types.iter().map(|s| s.to_string()).collect(),
+        areas: areas.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+pub fn resume() -> Option<StartFrom> {
+    Some(StartFrom {
+        from: Some(start_from::From::Resume(start_from::Resume {})),
+    })
+}
+
+pub fn beginning() -> Option<StartFrom> {
+    Some(StartFrom {
+        from: Some(start_from::From::Beginning(start_from::Beginning {})),
+    })
+}
+
+pub fn since(time: prost_types::Timestamp) -> Option<StartFrom> {
+    Some(StartFrom {
+        from: Some(start_from::From::Time(time)),
+    })
+}
+
+impl Subscription {
+    /// Opens `name`; errors are the server's status.
+    pub async fn open(
+        consumer: &Running,
+        name: &str,
+        filter: Filter,
+        start: Option<StartFrom>,
+    ) -> Result<Self, Status> {
+        let mut client = SubscriberClient::connect(consumer.url()).await.unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        tx.send(SubscribeRequest {
+            request: Some(ClientMsg::Open(Open {
+                subscription: name.into(),
+                filter: Some(filter),
+                start,
+                max_in_flight: 0,
+            })),
+        })
+        .await
+        .unwrap();
+        let mut stream = client
+            .subscribe(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = stream.next().await.expect("a first response")?;
+        let Some(ServerMsg::Opened(opened)) = first.response else {
+            panic!("expected Opened, got {first:?}");
+        };
+        Ok(Self {
+            tx,
+            stream,
+            created: opened.created,
+        })
+    }
+
+    /// The next delivery, or `None` if none arrives within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Delivery> {
+        match tokio::time::timeout(wait, self.stream.next()).await {
+            Ok(Some(Ok(SubscribeResponse {
+                response: Some(ServerMsg::Delivery(d)),
+            }))) => Some(d),
+            Ok(Some(Err(status))) => panic!("stream failed: {status}"),
+            Ok(other) => panic!("unexpected stream item: {other:?}"),
+            Err(_) => None,
+        }
+    }
+
+    /// Exactly `n` deliveries, failing the test if they do not arrive within 20 s each.
+    pub async fn take(&mut self, n: usize) -> Vec<Delivery> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let d = self
+                .next(Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("only {} of {n} deliveries arrived", out.len()));
+            out.push(d);
+        }
+        out
+    }
+
+    pub async fn ack(&self, deliveries: &[Delivery]) {
+        self.tx
+            .send(SubscribeRequest {
+                request: Some(ClientMsg::Ack(Ack {
+                    ack_ids: deliveries.iter().map(|d| d.ack_id.clone()).collect(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Closes the stream from the client side.
+    pub async fn close(self) {
+        drop(self.tx);
+        let mut stream = self.stream;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while stream.next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+/// The ids of `deliveries`, in order.
+pub fn ids(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|d| d.event.as_ref().unwrap().id.clone())
+        .collect()
+}
+
+/// Total records ever written to `topic` (sum of high watermarks).
+pub fn records_in(kafka: &crier_kafka::KafkaConfig, topic: &str) -> i64 {
+    let consumer: BaseConsumer = kafka.reader().create().unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
