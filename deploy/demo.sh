@@ -46,12 +46,8 @@ CRIER_GRPC__LISTEN=127.0.0.1:50052 CRIER_METRICS__LISTEN=127.0.0.1:9465 \
 pids+=($!)
 say "producer pid ${pids[0]} (log $logs/producer.log), consumer pid ${pids[1]} (log $logs/consumer.log)"
 
-for port in 50051 50052; do
-  for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
-    sleep 0.2
-  done
-done
+target/debug/crier health http://127.0.0.1:50051 --wait 60 >&2
+target/debug/crier health http://127.0.0.1:50052 --wait 60 >&2
 
 target/debug/crier demo --producer http://127.0.0.1:50051 --consumer http://127.0.0.1:50052
 say "done; metrics were at http://127.0.0.1:9464/metrics and :9465/metrics"

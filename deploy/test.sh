@@ -29,5 +29,12 @@ fi
 export CRIER_TEST_KAFKA="$(deploy/kafka.sh bootstrap)"
 
 say "tests (cargo test --workspace) against Kafka at $CRIER_TEST_KAFKA"
-cargo test --workspace --locked
-say "all tests passed"
+log=.cache/test-output.log
+mkdir -p .cache
+set +e
+cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: the sum of every test binary's result line.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "crier: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

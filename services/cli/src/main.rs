@@ -35,6 +35,15 @@ enum Command {
     Demo(demo::DemoArgs),
     /// List the event types.
     Types,
+    /// Check a service's gRPC health (exit 0 when SERVING), for scripts and container probes.
+    Health {
+        /// Service URL, for example http://127.0.0.1:50051.
+        #[arg(default_value = "http://127.0.0.1:50051")]
+        url: String,
+        /// Keep asking until SERVING or this many seconds have passed.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Publish(args) => publish(args).await,
         Command::Subscribe(args) => subscribe(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Health { url, wait } => health(&url, wait).await,
         Command::Types => {
             for t in crier_schema::registry::EVENT_TYPES {
                 println!("{t}");
@@ -208,6 +218,36 @@ async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     drop(tx);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     Ok(())
+}
+
+async fn health(url: &str, wait_secs: u64) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+    loop {
+        let answer = match tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .connect()
+            .await
+        {
+            Ok(channel) => HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|r| r.into_inner().status())
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message())),
+            Err(e) => Err(anyhow::anyhow!("cannot connect: {e}")),
+        };
+        match answer {
+            Ok(ServingStatus::Serving) => {
+                println!("{url}: SERVING");
+                return Ok(());
+            }
+            other if std::time::Instant::now() >= deadline => {
+                bail!("{url}: not serving ({other:?})")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
 }
 
 fn parse_start(from: &str) -> anyhow::Result<StartFrom> {
