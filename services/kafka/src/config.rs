@@ -16,6 +16,8 @@ pub struct KafkaConfig {
     pub events_topic: String,
     /// Compacted topic holding each subscription's definition and cursor.
     pub subscriptions_topic: String,
+    /// Append-only topic of hash-chained audit records (kept forever).
+    pub audit_topic: String,
     /// Partitions for the events topic when Crier creates it.
     pub partitions: i32,
     /// Replication factor for topics Crier creates (3 in production, 1 for a single broker).
@@ -34,6 +36,7 @@ impl Default for KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
             events_topic: "crier.events.v1".into(),
             subscriptions_topic: "crier.subscriptions.v1".into(),
+            audit_topic: "crier.audit.v1".into(),
             partitions: 6,
             replication_factor: 1,
             create_topics: true,

@@ -4,6 +4,7 @@
 //!   events about one person share a partition and keep their order across event types.
 //! - `subscriptions_topic`: compacted, one partition, keyed by subscription name; the last
 //!   record for a name is that subscription's filter and cursor.
+//! - `audit_topic`: one partition, never deleted or compacted; the hash-chained audit trail.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use rdkafka::{
 
 use crate::{Error, KafkaConfig, Result};
 
-/// Creates the events and subscriptions topics if they do not exist yet.
+/// Creates the events, subscriptions and audit topics if they do not exist yet.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = config.admin().create()?;
     let replication = || TopicReplication::Fixed(config.replication_factor);
@@ -37,6 +38,11 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
                 "1"
             },
         );
+    let audit = NewTopic::new(&config.audit_topic, 1, replication())
+        .set("cleanup.policy", "delete")
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("min.insync.replicas", if config.replication_factor > 1 { "2" } else { "1" });
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics([&events, &subscriptions], &opts)

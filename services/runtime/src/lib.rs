@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file or an environment variable has a bad value or an unknown key.
-    #[error("configuration: {0}")]
-    Config(#[from] Box<figment::Error>),
+    #[error("invalid configuration")]
+    Config(#[source] Box<figment::Error>),
     /// The metrics endpoint could not start.
     #[error("metrics: {0}")]
     Metrics(String),

@@ -1,0 +1,140 @@
+//! Checking the trail, and answering "who received events about this subject".
+
+use std::collections::HashMap;
+
+use crate::record::{Action, AuditRecord, GENESIS};
+
+/// The first broken link found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chain {chain}, record {seq} (trail position {index}): {reason}")]
+pub struct Broken {
+    /// The chain.
+    pub chain: String,
+    /// The sequence number at which it broke.
+    pub seq: u64,
+    /// Position in the trail as read.
+    pub index: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// What a verified trail holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Records checked.
+    pub records: usize,
+    /// Chains found.
+    pub chains: usize,
+}
+
+/// Verifies every chain in `records` (in trail order).
+pub fn verify(records: &[AuditRecord]) -> Result<Summary, Broken> {
+    let mut last: HashMap<&str, (u64, &str)> = HashMap::new();
+    for (index, r) in records.iter().enumerate() {
+        let broken = |reason: String| Broken {
+            chain: r.chain.clone(),
+            seq: r.seq,
+            index,
+            reason,
+        };
+        if r.compute_hash() != r.hash {
+            return Err(broken("its hash does not match its contents: the record was altered".into()));
+        }
+        match last.get(r.chain.as_str()) {
+            None if r.seq != 0 || r.prev != GENESIS => {
+                return Err(broken(format!(
+                    "the chain starts at record {}, not 0: earlier records are missing",
+                    r.seq
+                )));
+            }
+            Some((seq, _)) if r.seq != seq + 1 => {
+                return Err(broken(format!(
+                    "follows record {seq}: {} record(s) missing",
+                    r.seq.saturating_sub(seq + 1)
+                )));
+            }
+            Some((_, hash)) if r.prev != *hash => {
+                return Err(broken("its prev does not match the previous record's hash".into()));
+            }
+            _ => {}
+        }
+        last.insert(&r.chain, (r.seq, &r.hash));
+    }
+    Ok(Summary {
+        records: records.len(),
+        chains: last.len(),
+    })
+}
+
+/// Every delivery of an event about `subject`: which organisation's system received it,
+/// when, and under which agreements.
+pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<&'a AuditRecord> {
+    records
+        .iter()
+        .filter(|r| r.entry.action == Some(Action::Deliver) && r.entry.subject == subject)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Entry, writer::Chain};
+
+    fn trail(n: usize) -> Vec<AuditRecord> {
+        let mut chain = Chain::new("c1".into());
+        (0..n)
+            .map(|i| {
+                chain.next(Entry {
+                    action: Some(Action::Deliver),
+                    actor: "uk.gov.local.E06000002/revenues".into(),
+                    subject: format!("psn:{}", i % 2),
+                    event_id: i.to_string(),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_intact_trail_verifies() {
+        assert_eq!(verify(&trail(5)), Ok(Summary { records: 5, chains: 1 }));
+    }
+
+    #[test]
+    fn an_altered_record_is_found() {
+        let mut t = trail(5);
+        t[2].entry.actor = "uk.gov.someone/else".into();
+        let broken = verify(&t).unwrap_err();
+        assert_eq!((broken.seq, broken.index), (2, 2));
+        assert!(broken.reason.contains("altered"));
+    }
+
+    #[test]
+    fn an_altered_record_with_a_recomputed_hash_breaks_the_next_link() {
+        let mut t = trail(5);
+        t[2].entry.subject = "psn:other".into();
+        t[2].hash = t[2].compute_hash();
+        let broken = verify(&t).unwrap_err();
+        assert_eq!(broken.seq, 3);
+        assert!(broken.reason.contains("prev"));
+    }
+
+    #[test]
+    fn a_deleted_record_is_found() {
+        let mut t = trail(5);
+        t.remove(1);
+        let broken = verify(&t).unwrap_err();
+        assert_eq!(broken.seq, 2);
+        assert!(broken.reason.contains("1 record(s) missing"));
+        let mut t = trail(3);
+        t.remove(0);
+        assert!(verify(&t).unwrap_err().reason.contains("starts at record 1"));
+    }
+
+    #[test]
+    fn the_subject_query_finds_only_that_subjects_deliveries() {
+        let t = trail(5);
+        let found = deliveries_about(&t, "psn:1");
+        assert_eq!(found.iter().map(|r| r.entry.event_id.as_str()).collect::<Vec<_>>(), ["1", "3"]);
+    }
+}

@@ -1,0 +1,70 @@
+//! One audit record, and its hash.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// An event was accepted from a publisher.
+    Publish,
+    /// An event was sent to a subscriber.
+    Deliver,
+    /// A subscriber acknowledged a delivery.
+    Ack,
+    /// A request was refused by the agreements.
+    Deny,
+}
+
+/// What a service reports; the writer adds the chain fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// What happened.
+    pub action: Option<Action>,
+    /// Who did it: `<organisation>/<system>`.
+    pub actor: String,
+    /// The subscription, for deliveries and acknowledgements.
+    pub subscription: String,
+    /// The event's id (CloudEvents `id`).
+    pub event_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The pseudonymous subject reference the event is about.
+    pub subject: String,
+    /// The agreements the action was taken under.
+    pub agreements: Vec<String>,
+    /// Anything else: the reason for a refusal, the Kafka position of an event.
+    pub detail: String,
+}
+
+/// A record as stored: the entry, its place in its chain, and the hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The writing instance's chain id.
+    pub chain: String,
+    /// Position in the chain, from 0.
+    pub seq: u64,
+    /// Hash of the previous record in the chain (64 zeros for the first).
+    pub prev: String,
+    /// When it was recorded (RFC 3339).
+    pub time: String,
+    /// What was recorded.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// SHA-256 over every other field.
+    pub hash: String,
+}
+
+/// The `prev` of a chain's first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+impl AuditRecord {
+    /// The hash this record should carry: SHA-256 of its JSON with `hash` empty.
+    pub fn compute_hash(&self) -> String {
+        let mut unhashed = self.clone();
+        unhashed.hash = String::new();
+        let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+}

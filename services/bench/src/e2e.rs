@@ -1,0 +1,332 @@
+//! Fan-out: latency from publish to delivery, and read amplification, with every local
+//! authority subscribed.
+//!
+//! 400 area subscriptions (each its own GSS code, each on its own connection, as 400
+//! councils would hold them) and 20 national subscriptions (no area filter) receive
+//! `DeathRegistered` and `AddressChanged` events published with unary `Publish` at a fixed
+//! rate (open loop). Every event names one area (a death) or two (a move, old and new
+//! authority), all among the subscribed codes, so each event is due to 21 or 22 streams.
+//!
+//! Latency runs from the event's *scheduled* publish instant, carried in its
+//! `correlation_id` as `e2e:<seq>:<nanoseconds since the phase began>`, to its arrival on
+//! each stream; one sample per delivery. Subscribers acknowledge every delivery. Deliveries
+//! still missing when the drain time runs out are recorded at the cut-off (a lower bound)
+//! and counted, so a stalled stream cannot make the percentiles look better.
+//!
+//! Read amplification compares what the consumer process received from the broker with what
+//! the producer process sent to it over the same interval, both from the kernel's TCP
+//! counters (see `probe.rs`); Crier's own `crier_live_bytes_total` over the payload bytes
+//! published is reported beside it.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crier_proto::v1::{Filter, publisher_client::PublisherClient};
+use hdrhistogram::Histogram;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Plan, client,
+    events::{DEATH, MOVED, Pool},
+    load::{self, Outcomes, Window},
+    probe,
+    services::Service,
+    streams::{self, Spec, StreamStats},
+};
+
+/// What the phase measured.
+#[derive(Debug)]
+pub(crate) struct E2e {
+    pub(crate) histogram: Histogram<u64>,
+    pub(crate) subscriptions: usize,
+    pub(crate) published: u64,
+    pub(crate) publish: Arc<Outcomes>,
+    pub(crate) expected: u64,
+    pub(crate) delivered: u64,
+    pub(crate) undelivered: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) ended_early: u64,
+    pub(crate) open_time: Duration,
+    pub(crate) drain_time: Duration,
+    /// Consumer bytes received from Kafka over producer bytes sent to Kafka (wire).
+    pub(crate) read_amplification_wire: Option<f64>,
+    pub(crate) wire_note: String,
+    /// `crier_live_bytes_total` over payload bytes published.
+    pub(crate) read_amplification_counter: f64,
+    pub(crate) catch_up_readers: f64,
+    pub(crate) lagged: f64,
+    pub(crate) consumer_cpu: f64,
+    pub(crate) producer_cpu: f64,
+    pub(crate) elapsed: Duration,
+}
+
+/// The subscriptions: one per area (type filter: deaths and moves), plus `national` with
+/// no area filter, each on its own connection.
+fn specs(areas: &[String], national: usize, run: &str) -> Vec<Spec> {
+    let types = vec![DEATH.to_owned(), MOVED.to_owned()];
+    let mut specs: Vec<Spec> = areas
+        .iter()
+        .enumerate()
+        .map(|(i, code)| Spec {
+            name: format!("{}.revenues.e2e-{run}", code.to_lowercase()),
+            filter: Filter {
+                event_types: types.clone(),
+                areas: vec![code.clone()],
+            },
+            org: i,
+        })
+        .collect();
+    specs.extend((0..national).map(|i| Spec {
+        name: format!("national-{i:02}.analytics.e2e-{run}"),
+        filter: Filter {
+            event_types: types.clone(),
+            areas: vec![],
+        },
+        org: areas.len() + i,
+    }));
+    specs
+}
+
+/// Delivery bookkeeping shared by the publisher and every stream.
+struct Tracker {
+    started: Instant,
+    measure_from: Instant,
+    /// Deliveries still due, per event.
+    remaining: Vec<AtomicU32>,
+    /// Scheduled instant of each event, in ns since `started`.
+    scheduled: Vec<AtomicU64>,
+    outstanding: AtomicU64,
+    duplicates: AtomicU64,
+    payload_bytes: AtomicU64,
+}
+
+impl Tracker {
+    fn delivered(&self, correlation_id: &str, at: Instant, h: &mut Histogram<u64>) {
+        let mut parts = correlation_id.split(':');
+        let (Some("e2e"), Some(seq), Some(ns)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        let (Ok(seq), Ok(ns)) = (seq.parse::<usize>(), ns.parse::<u64>()) else {
+            return;
+        };
+        let Some(remaining) = self.remaining.get(seq) else {
+            return;
+        };
+        let was = remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));
+        if was.is_err() {
+            // Delivered more often than due: a redelivery.
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        let scheduled = self.started + Duration::from_nanos(ns);
+        if scheduled >= self.measure_from {
+            load::record(h, at.saturating_duration_since(scheduled));
+        }
+    }
+}
+
+/// Runs the phase against a consumer started for it (so its live reader begins now).
+pub(crate) async fn run(
+    producer: &Service,
+    consumer: &Service,
+    plan: &Plan,
+    pool: &Pool,
+    areas: &[String],
+    run_id: &str,
+    kafka_port: u16,
+) -> anyhow::Result<E2e> {
+    let specs = specs(areas, plan.national, run_id);
+    let national = plan.national as u32;
+    eprintln!("bench: e2e: opening {} subscriptions", specs.len());
+    let (opened, open_time) = streams::open_all(&consumer.url(), &specs, 32).await?;
+
+    let events = (plan.rate * (plan.warmup + plan.e2e).as_secs_f64()).round() as usize;
+    let started = Instant::now();
+    let tracker = Arc::new(Tracker {
+        started,
+        measure_from: started + plan.warmup,
+        remaining: (0..events).map(|_| AtomicU32::new(0)).collect(),
+        scheduled: (0..events).map(|_| AtomicU64::new(0)).collect(),
+        outstanding: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        payload_bytes: AtomicU64::new(0),
+    });
+    let stop = CancellationToken::new();
+    let stats = Arc::new(StreamStats::default());
+    let merged = Arc::new(Mutex::new(load::histogram()));
+    let mut receivers = tokio::task::JoinSet::new();
+    for stream in opened {
+        let (stop, stats, tracker, merged) =
+            (stop.clone(), stats.clone(), tracker.clone(), merged.clone());
+        receivers.spawn(async move {
+            let mut h = load::histogram();
+            stream
+                .consume(stop, stats, |d, at| {
+                    if let Some(e) = &d.event {
+                        tracker.delivered(&e.correlation_id, at, &mut h);
+                    }
+                })
+                .await;
+            let _ = merged.lock().unwrap_or_else(|p| p.into_inner()).add(&h);
+        });
+    }
+
+    let before = Snapshot::take(producer, consumer, kafka_port).await;
+    let channels = client::channels(&producer.url(), plan.connections).await?;
+    let publish = Arc::new(Outcomes::default());
+    let window = Window::starting_now(plan.warmup, plan.e2e);
+    let task = {
+        let (pool, publish, tracker) = (pool.clone(), publish.clone(), tracker.clone());
+        move |seq: u64, scheduled: Instant| {
+            let mut client =
+                PublisherClient::new(channels[seq as usize % channels.len()].clone());
+            let (pool, publish, tracker) = (pool.clone(), publish.clone(), tracker.clone());
+            async move {
+                let i = seq as usize;
+                let template = &pool.template(seq).event;
+                let mut areas = template.areas.clone();
+                areas.sort();
+                areas.dedup();
+                let due = national + areas.len() as u32;
+                let ns = scheduled.saturating_duration_since(tracker.started).as_nanos() as u64;
+                if let (Some(r), Some(s)) = (tracker.remaining.get(i), tracker.scheduled.get(i)) {
+                    s.store(ns, Ordering::Relaxed);
+                    r.store(due, Ordering::Release);
+                    tracker
+                        .outstanding
+                        .fetch_add(u64::from(due), Ordering::AcqRel);
+                }
+                let payload = template.data.len() as u64;
+                let correlation = format!("e2e:{seq}:{ns}");
+                if crate::unary::publish(&mut client, &pool, seq, correlation, &publish).await {
+                    publish.ok(&window, Instant::now(), 1);
+                    tracker.payload_bytes.fetch_add(payload, Ordering::Relaxed);
+                } else if let Some(r) = tracker.remaining.get(i) {
+                    // Not published: nothing is due for it.
+                    let due = r.swap(0, Ordering::AcqRel);
+                    tracker
+                        .outstanding
+                        .fetch_sub(u64::from(due), Ordering::AcqRel);
+                }
+            }
+        }
+    };
+    eprintln!(
+        "bench: e2e: publishing {events} events at {}/s to {} streams",
+        plan.rate,
+        specs.len()
+    );
+    let published = load::open_loop(plan.rate, plan.warmup + plan.e2e, task).await?;
+
+    // Drain: wait for the deliveries still due, up to the limit.
+    let drain_started = Instant::now();
+    while tracker.outstanding.load(Ordering::Acquire) > 0
+        && drain_started.elapsed() < plan.e2e_drain
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cutoff = Instant::now();
+    let drain_time = drain_started.elapsed();
+    let after = Snapshot::take(producer, consumer, kafka_port).await;
+    stop.cancel();
+    while let Some(joined) = receivers.join_next().await {
+        joined?;
+    }
+
+    let mut histogram = merged.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut undelivered = 0u64;
+    for (r, s) in tracker.remaining.iter().zip(&tracker.scheduled) {
+        let missing = r.load(Ordering::Acquire);
+        if missing == 0 {
+            continue;
+        }
+        undelivered += u64::from(missing);
+        let scheduled = started + Duration::from_nanos(s.load(Ordering::Relaxed));
+        if scheduled >= tracker.measure_from {
+            let us = (cutoff - scheduled).as_micros() as u64;
+            let _ = histogram.record_n(us.max(1), u64::from(missing));
+        }
+    }
+    let payload = tracker.payload_bytes.load(Ordering::Relaxed) as f64;
+    let counter = |name: &str| probe::counter(&after.metrics, name) - probe::counter(&before.metrics, name);
+    let (read_amplification_wire, wire_note) = match (&before.wire, &after.wire) {
+        (Some((p0, c0)), Some((p1, c1))) => {
+            let (p, c) = (p0.until(p1), c0.until(c1));
+            (
+                (p.sent > 0).then(|| c.received as f64 / p.sent as f64),
+                format!(
+                    "consumer received {} B from Kafka, producer sent {} B, payload {} B \
+                     (consumer sockets opened {}, closed {})",
+                    c.received, p.sent, payload as u64, c.opened, c.closed
+                ),
+            )
+        }
+        _ => (None, "ss not available: wire bytes not measured".into()),
+    };
+    let delivered = stats.deliveries.load(Ordering::Relaxed);
+    let duplicates = tracker.duplicates.load(Ordering::Relaxed);
+    Ok(E2e {
+        histogram,
+        subscriptions: specs.len(),
+        published,
+        expected: delivered - duplicates + undelivered,
+        delivered,
+        undelivered,
+        duplicates,
+        ended_early: stats.ended_early.load(Ordering::Relaxed),
+        publish,
+        open_time,
+        drain_time,
+        read_amplification_wire,
+        wire_note,
+        read_amplification_counter: if payload > 0.0 {
+            counter("crier_live_bytes_total") / payload
+        } else {
+            0.0
+        },
+        catch_up_readers: counter("crier_catch_up_readers_total"),
+        lagged: counter("crier_live_lagged_total"),
+        consumer_cpu: after.consumer_cpu - before.consumer_cpu,
+        producer_cpu: after.producer_cpu - before.producer_cpu,
+        elapsed: after.at - before.at,
+    })
+}
+
+/// The consumer's and producer's counters at one instant.
+struct Snapshot {
+    at: Instant,
+    metrics: std::collections::HashMap<String, f64>,
+    wire: Option<(probe::KafkaBytes, probe::KafkaBytes)>,
+    consumer_cpu: f64,
+    producer_cpu: f64,
+}
+
+impl Snapshot {
+    async fn take(producer: &Service, consumer: &Service, kafka_port: u16) -> Self {
+        let wire = match (
+            probe::kafka_bytes(producer.pid(), kafka_port).await,
+            probe::kafka_bytes(consumer.pid(), kafka_port).await,
+        ) {
+            (Ok(p), Ok(c)) => Some((p, c)),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("bench: e2e: wire bytes unavailable: {e:#}");
+                None
+            }
+        };
+        Self {
+            at: Instant::now(),
+            metrics: probe::scrape(consumer.metrics_addr())
+                .await
+                .unwrap_or_default(),
+            wire,
+            consumer_cpu: probe::cpu_seconds(consumer.pid()).unwrap_or(0.0),
+            producer_cpu: probe::cpu_seconds(producer.pid()).unwrap_or(0.0),
+        }
+    }
+}

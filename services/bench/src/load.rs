@@ -1,0 +1,154 @@
+//! Load-generation building blocks shared by the phases: the measurement window, the
+//! open-loop scheduler, outcome counters and latency histograms.
+//!
+//! Two ways of offering load are used, on purpose:
+//! - **closed loop** (throughput): N callers, each sending its next request when the last
+//!   is answered; the figure is acknowledged events per second inside the window.
+//! - **open loop** (latency): requests start at fixed intervals whatever happens to earlier
+//!   ones, and latency is measured from the *scheduled* start. A stall then shows up in the
+//!   percentiles instead of silently slowing the sender (no coordinated omission).
+
+use std::{
+    future::Future,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+/// The part of a phase that counts: after a warm-up, for a fixed duration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub(crate) measure_from: Instant,
+    pub(crate) until: Instant,
+}
+
+impl Window {
+    /// Starts now: `warmup` not counted, then `duration` counted.
+    pub(crate) fn starting_now(warmup: Duration, duration: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            measure_from: now + warmup,
+            until: now + warmup + duration,
+        }
+    }
+
+    /// True when something completed at `at` counts.
+    pub(crate) fn counts(&self, at: Instant) -> bool {
+        at >= self.measure_from && at < self.until
+    }
+
+    /// True once the window has ended.
+    pub(crate) fn over(&self) -> bool {
+        Instant::now() >= self.until
+    }
+
+    /// `n` completions in the window, per second.
+    pub(crate) fn per_second(&self, n: u64) -> f64 {
+        n as f64 / (self.until - self.measure_from).as_secs_f64()
+    }
+}
+
+/// What happened to the requests of a phase.
+#[derive(Debug, Default)]
+pub(crate) struct Outcomes {
+    /// Events Crier (or Kafka, for the baseline) acknowledged inside the window.
+    pub(crate) counted: AtomicU64,
+    /// Every acknowledged event, in or out of the window.
+    pub(crate) ok: AtomicU64,
+    /// Events answered `duplicate = true` (must stay 0: every id is fresh).
+    pub(crate) duplicates: AtomicU64,
+    /// Events refused or failed.
+    pub(crate) errors: AtomicU64,
+    /// The first error seen, for the report.
+    pub(crate) first_error: Mutex<Option<String>>,
+}
+
+impl Outcomes {
+    pub(crate) fn ok(&self, window: &Window, at: Instant, n: u64) {
+        self.ok.fetch_add(n, Ordering::Relaxed);
+        if window.counts(at) {
+            self.counted.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn error(&self, n: u64, what: impl FnOnce() -> String) {
+        self.errors.fetch_add(n, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(what());
+        }
+    }
+
+    /// A one-line summary for the log.
+    pub(crate) fn summary(&self) -> String {
+        let first = self
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        format!(
+            "ok {} (in window {}), duplicates {}, errors {}{}",
+            self.ok.load(Ordering::Relaxed),
+            self.counted.load(Ordering::Relaxed),
+            self.duplicates.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+            first.map(|e| format!(" (first: {e})")).unwrap_or_default()
+        )
+    }
+}
+
+/// A latency histogram in microseconds, 1 µs to 10 minutes, 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+        // The bounds above are valid constants; this branch cannot be taken.
+        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
+    })
+}
+
+/// Records `d` (saturating at the histogram's top).
+pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+    h.saturating_record(us);
+}
+
+/// Percentile `q` (0–100) of `h`, in milliseconds; `None` when empty.
+pub(crate) fn percentile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q / 100.0) as f64 / 1000.0)
+}
+
+/// Starts `task(seq, scheduled)` at `rate` per second for `duration`, each at its scheduled
+/// instant, and waits for every task to finish. Returns how many were started.
+///
+/// The schedule runs on its own thread with `std::thread::sleep`: tokio's timer has a 1 ms
+/// resolution, too coarse for the 200 µs between requests at 5,000/s. A scheduler that falls
+/// behind starts the late requests at once; their latency still counts from the schedule.
+pub(crate) async fn open_loop<F, Fut>(rate: f64, duration: Duration, task: F) -> anyhow::Result<u64>
+where
+    F: Fn(u64, Instant) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let handles = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut handles = Vec::with_capacity(total as usize);
+        for seq in 0..total {
+            let scheduled = start + Duration::from_secs_f64(seq as f64 / rate);
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            }
+            handles.push(handle.spawn(task(seq, scheduled)));
+        }
+        handles
+    })
+    .await?;
+    for h in handles {
+        h.await?;
+    }
+    Ok(total)
+}

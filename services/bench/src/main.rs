@@ -1,0 +1,438 @@
+//! `crier-bench`: Crier's benchmark, one command against the real Kafka of `deploy/kafka.sh`.
+//!
+//! It starts the release binaries `crier-producer` and `crier-consumer` as child processes
+//! (their own topics per run, configured through `CRIER_*` variables), runs the phases in
+//! turn, stops the services with SIGTERM and prints a table; `--json` writes the same
+//! figures for machines. Each phase has its own module, which says why it measures what it
+//! does:
+//!
+//! | phase      | module        | figures |
+//! | ---        | ---           | --- |
+//! | (start-up) | `services`    | idle_rss_mb |
+//! | baseline   | `baseline`    | baseline_eps |
+//! | stream     | `stream`      | stream_publish_eps, stream_ratio |
+//! | unary      | `unary`       | unary_eps |
+//! | latency    | `unary`       | unary_p50_ms, unary_p99_ms |
+//! | e2e        | `e2e`         | e2e_p50/p99/p999_ms, subscriptions, read_amplification |
+//! | memory     | `memory`      | streams, consumer_rss_mb |
+//! | (the end)  | `services`    | producer_rss_mb |
+//!
+//! See PERFORMANCE.md for the method, the machine and the results.
+
+mod baseline;
+mod client;
+mod e2e;
+mod events;
+mod load;
+mod memory;
+mod probe;
+mod report;
+mod services;
+mod stream;
+mod streams;
+mod unary;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use crier_kafka::KafkaConfig;
+use rdkafka::{
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
+};
+
+use crate::{
+    events::Pool,
+    report::Figures,
+    services::{Kind, Service},
+};
+
+/// Crier's benchmark: publish throughput against a raw Kafka producer, unary publish
+/// latency, end-to-end fan-out latency to 420 subscriptions, memory with 2,000 streams and
+/// read amplification, against a real Kafka broker.
+///
+/// The services run as child processes from the release binaries in --bin-dir (build them
+/// with `cargo build --release -p crier-bench -p crier-producer -p crier-consumer`), on
+/// topics of their own (bench.<run>.*), and are stopped with SIGTERM at the end. Events are
+/// realistic DeathRegistered and AddressChanged payloads (300-800 bytes). Every publish is
+/// idempotent with acks=all, the baseline's included.
+///
+/// `deploy/bench.sh [ARGS]` starts Kafka if needed, builds, and runs this with ARGS.
+/// Targets (reported, never asserted): stream_ratio >= 0.8, unary_p99_ms <= 10,
+/// e2e_p99_ms <= 50, consumer_rss_mb <= 512 with 2,000 streams, idle_rss_mb <= 50,
+/// read_amplification <= 1.0.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, args_override_self = true)]
+struct Args {
+    /// Short phases, for the CI smoke test: the run takes under 2 minutes after compiling.
+    /// Figures are less stable; nothing is asserted in either mode.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the figures as JSON (the issue's keys; null for a phase not run).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, value_name = "BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    kafka: String,
+    /// Directory holding the release binaries crier-producer and crier-consumer.
+    #[arg(long, value_name = "DIR", default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Run only these phases (comma-separated), for example to profile one. The services
+    /// always start, so idle_rss_mb and producer_rss_mb are always measured.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PHASES")]
+    only: Vec<Phase>,
+    /// Seconds each throughput and latency phase measures (after its warm-up), instead of
+    /// the mode's default (20 s full, 5 s quick).
+    #[arg(long, value_name = "SECS")]
+    phase_secs: Option<u64>,
+    /// First local port to try for the services' gRPC and metrics listeners.
+    #[arg(long, value_name = "PORT", default_value_t = 21050)]
+    port_base: u16,
+    /// Directory for the services' logs (one sub-directory per run).
+    #[arg(long, value_name = "DIR", default_value = ".cache/bench")]
+    work_dir: PathBuf,
+    /// Keep the run's Kafka topics instead of deleting them at the end.
+    #[arg(long)]
+    keep_topics: bool,
+    /// Write a request file for ghz (the unary cross-check: a real DeathRegistered payload,
+    /// with `{{newUUID}}` as the id so every call is a new event) and exit.
+    #[arg(long, value_name = "PATH")]
+    ghz_request: Option<PathBuf>,
+}
+
+/// A part of the run that can be selected with --only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    /// Raw rdkafka producer (baseline_eps).
+    Baseline,
+    /// PublishBatch, several batches in flight (stream_publish_eps).
+    Stream,
+    /// Unary Publish, 64 concurrent callers (unary_eps).
+    Unary,
+    /// Unary Publish at a fixed 5,000/s (unary_p50_ms, unary_p99_ms).
+    Latency,
+    /// Fan-out to 420 subscriptions at 5,000/s (e2e_*, read_amplification).
+    E2e,
+    /// 2,000 open streams (consumer_rss_mb).
+    Memory,
+}
+
+/// How long and how hard each phase runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Not counted at the start of each phase.
+    pub(crate) warmup: Duration,
+    /// Measured part of each throughput phase.
+    pub(crate) throughput: Duration,
+    /// Measured part of the unary latency phase.
+    pub(crate) latency: Duration,
+    /// Measured part of the fan-out phase.
+    pub(crate) e2e: Duration,
+    /// Longest wait for outstanding deliveries after the last e2e publish.
+    pub(crate) e2e_drain: Duration,
+    /// How long the memory phase holds traffic on 2,000 streams.
+    pub(crate) memory_hold: Duration,
+    /// Offered rate of the latency and fan-out phases, events/s.
+    pub(crate) rate: f64,
+    /// Offered rate during the memory phase, events/s.
+    pub(crate) memory_rate: f64,
+    /// Concurrent unary callers.
+    pub(crate) callers: usize,
+    /// Connections the unary callers share (as a few department systems would hold).
+    pub(crate) connections: usize,
+    /// Events per PublishBatch.
+    pub(crate) batch_size: usize,
+    /// PublishBatch calls in flight (one connection each).
+    pub(crate) batches_in_flight: usize,
+    /// Area subscriptions in the fan-out phase (one GSS code each).
+    pub(crate) areas: usize,
+    /// National subscriptions (no area filter) in the fan-out phase.
+    pub(crate) national: usize,
+    /// Streams in the memory phase.
+    pub(crate) streams: usize,
+}
+
+impl Plan {
+    fn new(quick: bool, phase_secs: Option<u64>) -> Self {
+        let secs = |full: u64, quick_secs: u64| {
+            Duration::from_secs(phase_secs.unwrap_or(if quick { quick_secs } else { full }))
+        };
+        Self {
+            warmup: Duration::from_secs(if quick { 1 } else { 3 }),
+            throughput: secs(20, 5),
+            latency: secs(20, 5),
+            e2e: secs(30, 6),
+            e2e_drain: Duration::from_secs(if quick { 10 } else { 30 }),
+            memory_hold: Duration::from_secs(if quick { 4 } else { 15 }),
+            rate: 5000.0,
+            memory_rate: 1000.0,
+            callers: 64,
+            connections: 4,
+            batch_size: 500,
+            batches_in_flight: 4,
+            areas: 400,
+            national: 20,
+            streams: 2000,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let areas = events::area_codes(400);
+    let pool = Pool::new(&areas);
+    if let Some(path) = &args.ghz_request {
+        return write_ghz_request(&pool, path);
+    }
+    let plan = Plan::new(args.quick, args.phase_secs);
+    let wanted = |p: Phase| args.only.is_empty() || args.only.contains(&p);
+    let started = Instant::now();
+    let run_id = format!(
+        "{}-{:04x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        rand::random::<u16>()
+    );
+    let kafka_port: u16 = args
+        .kafka
+        .split(',')
+        .next()
+        .and_then(|first| first.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .context("--kafka must be host:port[,host:port...]")?;
+    let env = services::Env {
+        bin_dir: args.bin_dir.clone(),
+        log_dir: args.work_dir.join(&run_id),
+        bootstrap: args.kafka.clone(),
+        events_topic: format!("bench.{run_id}.events"),
+        subscriptions_topic: format!("bench.{run_id}.subscriptions"),
+    };
+    let sizes = pool.sizes();
+    let mode = if args.quick { "quick" } else { "full" };
+    eprintln!(
+        "bench: run {run_id} ({mode}), Kafka {}, topics bench.{run_id}.*, logs {}",
+        args.kafka,
+        env.log_dir.display()
+    );
+    let mut figures = Figures::default();
+    let mut notes = vec![format!(
+        "events: payload {}-{} B (mean {:.0}), whole event {}-{} B (mean {:.0}); \
+         DeathRegistered and AddressChanged, {} areas",
+        sizes.payload_min,
+        sizes.payload_max,
+        sizes.payload_avg,
+        sizes.event_min,
+        sizes.event_max,
+        sizes.event_avg,
+        areas.len()
+    )];
+
+    // Start-up: both services, idle.
+    let producer = start(Kind::Producer, &env, args.port_base, 1).await?;
+    let consumer = start(Kind::Consumer, &env, args.port_base, 1).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (p_idle, c_idle) = (producer.rss_mb()?, consumer.rss_mb()?);
+    figures.idle_rss_mb = Some(p_idle.max(c_idle));
+    notes.push(format!(
+        "idle RSS right after start: producer {p_idle:.1} MiB, consumer {c_idle:.1} MiB"
+    ));
+    // The consumer is stopped while the publish phases run, so it takes no CPU from them;
+    // the phases that need it start a fresh one.
+    consumer.stop(Duration::from_secs(30)).await?;
+
+    let mut baseline_topics = Vec::new();
+    if wanted(Phase::Baseline) {
+        phase("baseline", &plan.throughput);
+        let kafka = KafkaConfig {
+            bootstrap_servers: args.kafka.clone(),
+            events_topic: format!("bench.{run_id}.baseline"),
+            subscriptions_topic: format!("bench.{run_id}.baseline-unused"),
+            ..Default::default()
+        };
+        baseline_topics = vec![kafka.events_topic.clone(), kafka.subscriptions_topic.clone()];
+        figures.baseline_eps = Some(baseline::run(&kafka, &plan, &pool).await?);
+    }
+    if wanted(Phase::Stream) {
+        phase("stream", &plan.throughput);
+        figures.stream_publish_eps = Some(stream::run(&producer.url(), &plan, &pool).await?);
+    }
+    if wanted(Phase::Unary) {
+        phase("unary", &plan.throughput);
+        figures.unary_eps = Some(unary::throughput(&producer.url(), &plan, &pool).await?);
+    }
+    if wanted(Phase::Latency) {
+        phase("latency", &plan.latency);
+        let (h, outcomes) = unary::latency(&producer.url(), &plan, &pool).await?;
+        figures.unary_p50_ms = load::percentile_ms(&h, 50.0);
+        figures.unary_p99_ms = load::percentile_ms(&h, 99.0);
+        notes.push(format!(
+            "unary latency at {}/s: {} samples, p99.9 {:.2} ms, max {:.2} ms; {}",
+            plan.rate,
+            h.len(),
+            load::percentile_ms(&h, 99.9).unwrap_or(f64::NAN),
+            h.max() as f64 / 1000.0,
+            outcomes.summary()
+        ));
+    }
+    if wanted(Phase::E2e) {
+        phase("e2e", &plan.e2e);
+        let consumer = start(Kind::Consumer, &env, args.port_base, 2).await?;
+        let subs = &areas[..plan.areas.min(areas.len())];
+        let r = e2e::run(&producer, &consumer, &plan, &pool, subs, &run_id, kafka_port).await?;
+        consumer.stop(Duration::from_secs(30)).await?;
+        figures.e2e_p50_ms = load::percentile_ms(&r.histogram, 50.0);
+        figures.e2e_p99_ms = load::percentile_ms(&r.histogram, 99.0);
+        figures.e2e_p999_ms = load::percentile_ms(&r.histogram, 99.9);
+        figures.subscriptions = Some(r.subscriptions as f64);
+        figures.read_amplification = r.read_amplification_wire.or_else(|| {
+            notes.push("read_amplification falls back to Crier's own counter".into());
+            Some(r.read_amplification_counter)
+        });
+        let secs = r.elapsed.as_secs_f64();
+        notes.push(format!(
+            "e2e: {} subscriptions opened in {:.1}s; {} events published ({}); {} deliveries \
+             of {} due, {} undelivered after a {:.1}s drain (recorded at the cut-off), {} \
+             redelivered, {} streams ended early; max {:.1} ms",
+            r.subscriptions,
+            r.open_time.as_secs_f64(),
+            r.published,
+            r.publish.summary(),
+            r.delivered,
+            r.expected,
+            r.undelivered,
+            r.drain_time.as_secs_f64(),
+            r.duplicates,
+            r.ended_early,
+            r.histogram.max() as f64 / 1000.0
+        ));
+        notes.push(format!(
+            "read amplification (wire, kernel TCP counters): {}; {}",
+            r.read_amplification_wire
+                .map_or("n/a".into(), |v| format!("{v:.3}")),
+            r.wire_note
+        ));
+        notes.push(format!(
+            "read amplification (Crier's crier_live_bytes_total / payload published): {:.3}; \
+             catch-up readers started {}, live lag events {}",
+            r.read_amplification_counter, r.catch_up_readers, r.lagged
+        ));
+        notes.push(format!(
+            "CPU during e2e: consumer {:.0}%, producer {:.0}% of one core (over {secs:.1}s)",
+            100.0 * r.consumer_cpu / secs,
+            100.0 * r.producer_cpu / secs
+        ));
+    }
+    if wanted(Phase::Memory) {
+        phase("memory", &plan.memory_hold);
+        let consumer = start(Kind::Consumer, &env, args.port_base, 3).await?;
+        let subs = &areas[..plan.areas.min(areas.len())];
+        let m = memory::run(&producer, &consumer, &plan, &pool, subs, &run_id).await?;
+        consumer.stop(Duration::from_secs(30)).await?;
+        figures.streams = Some(m.streams as f64);
+        figures.consumer_rss_mb = Some(m.rss_peak_mb);
+        notes.push(format!(
+            "memory: {} streams opened in {:.1}s; consumer RSS {:.1} MiB once open, peak {:.1} \
+             MiB under {}/s for {:.0}s; {} deliveries, {} streams ended early{}; publishes: {}",
+            m.streams,
+            m.open_time.as_secs_f64(),
+            m.rss_open_mb,
+            m.rss_peak_mb,
+            plan.memory_rate,
+            plan.memory_hold.as_secs_f64(),
+            m.deliveries,
+            m.ended_early,
+            m.first_end.map(|e| format!(" (first: {e})")).unwrap_or_default(),
+            m.publish.summary()
+        ));
+    }
+
+    figures.producer_rss_mb = Some(producer.rss_mb()?);
+    producer.stop(Duration::from_secs(30)).await?;
+    if !args.keep_topics {
+        let mut topics = vec![env.events_topic.clone(), env.subscriptions_topic.clone()];
+        topics.extend(baseline_topics);
+        delete_topics(&args.kafka, &topics).await;
+    }
+
+    let title = format!(
+        "Crier benchmark: {mode} mode, run {run_id}, {} CPUs, Kafka {}, {:.0}s",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        args.kafka,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", figures.table(&title, &notes));
+    if let Some(path) = &args.json {
+        figures
+            .write_json(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("bench: figures written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn phase(name: &str, measured: &Duration) {
+    eprintln!(
+        "bench: phase {name} starting ({}s measured)",
+        measured.as_secs()
+    );
+}
+
+async fn start(
+    kind: Kind,
+    env: &services::Env,
+    port_base: u16,
+    generation: u32,
+) -> anyhow::Result<Service> {
+    let ports = services::free_ports(port_base, 2)?;
+    Service::start(kind, env, ports[0], ports[1], generation).await
+}
+
+/// Deletes the run's topics; a failure only leaves them behind, so it is reported, not fatal.
+async fn delete_topics(bootstrap: &str, topics: &[String]) {
+    let kafka = KafkaConfig {
+        bootstrap_servers: bootstrap.to_owned(),
+        ..Default::default()
+    };
+    let result = async {
+        let admin: AdminClient<DefaultClientContext> = kafka.admin().create()?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        anyhow::Ok(admin.delete_topics(&names, &opts).await?)
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("bench: could not delete topics {topics:?}: {e:#}");
+    }
+}
+
+/// The ghz request: one event in proto3 JSON, with templated id and subject.
+fn write_ghz_request(pool: &Pool, path: &std::path::Path) -> anyhow::Result<()> {
+    use base64::Engine;
+    let event = &pool.template(0).event;
+    let request = serde_json::json!({
+        "event": {
+            "id": "{{newUUID}}",
+            "source": event.source,
+            "type": event.r#type,
+            "subject": "psn:{{randomString 12}}",
+            "areas": event.areas,
+            "classification": { "level": "OFFICIAL_SENSITIVE" },
+            "data": base64::engine::general_purpose::STANDARD.encode(&event.data),
+        }
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&request)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "bench: wrote a {} request ({} payload bytes) to {}",
+        event.r#type,
+        event.data.len(),
+        path.display()
+    );
+    Ok(())
+}

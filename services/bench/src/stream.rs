@@ -1,0 +1,73 @@
+//! Crier's bulk path: `PublishBatch`, with several batches in flight, end to end.
+//!
+//! This is the figure to hold against the baseline (`stream_ratio`): the same events, now
+//! through gRPC, validation, deduplication and the producer service's Kafka client. Only
+//! events Crier answered `accepted` (and not `duplicate`) count.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
+
+use crier_proto::v1::{
+    PublishBatchRequest, publish_result::Outcome, publisher_client::PublisherClient,
+};
+
+use crate::{
+    Plan, client,
+    events::Pool,
+    load::{Outcomes, Window},
+};
+
+/// Publishes batches of `plan.batch_size` from `plan.batches_in_flight` callers, each on its
+/// own connection, and returns accepted events per second.
+pub(crate) async fn run(url: &str, plan: &Plan, pool: &Pool) -> anyhow::Result<f64> {
+    let channels = client::channels(url, plan.batches_in_flight).await?;
+    let outcomes = Arc::new(Outcomes::default());
+    let window = Window::starting_now(plan.warmup, plan.throughput);
+    let mut callers = tokio::task::JoinSet::new();
+    for (caller, channel) in channels.into_iter().enumerate() {
+        let (pool, outcomes, batch) = (pool.clone(), outcomes.clone(), plan.batch_size);
+        callers.spawn(async move {
+            let mut client = PublisherClient::new(channel).max_decoding_message_size(64 << 20);
+            // Callers draw from different parts of the pool, as different loads would.
+            let mut seq = caller as u64 * 1_000_003;
+            while !window.over() {
+                let events = (0..batch)
+                    .map(|i| pool.event(seq + i as u64, String::new()))
+                    .collect();
+                seq += batch as u64;
+                match client
+                    .publish_batch(PublishBatchRequest { events })
+                    .await
+                {
+                    Ok(response) => {
+                        let now = Instant::now();
+                        let mut accepted = 0;
+                        for result in response.into_inner().results {
+                            match result.outcome {
+                                Some(Outcome::Accepted(a)) if a.duplicate => {
+                                    outcomes.duplicates.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Some(Outcome::Accepted(_)) => accepted += 1,
+                                Some(Outcome::Error(e)) => {
+                                    outcomes.error(1, || format!("{}: {}", e.code, e.message))
+                                }
+                                None => outcomes.error(1, || "result without outcome".into()),
+                            }
+                        }
+                        outcomes.ok(&window, now, accepted);
+                    }
+                    Err(status) => outcomes.error(batch as u64, || {
+                        format!("{:?}: {}", status.code(), status.message())
+                    }),
+                }
+            }
+        });
+    }
+    while let Some(joined) = callers.join_next().await {
+        joined?;
+    }
+    eprintln!("bench: stream publish: {}", outcomes.summary());
+    Ok(window.per_second(outcomes.counted.load(Ordering::Relaxed)))
+}

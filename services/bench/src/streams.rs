@@ -1,0 +1,170 @@
+//! The subscriber side, as local authorities would run it: open named subscriptions, one
+//! connection per organisation, and acknowledge every delivery as it arrives.
+//!
+//! Used by the fan-out latency phase (`e2e`) and the memory phase (`memory`).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use crier_proto::v1::{
+    Ack, Delivery, Filter, Open, StartFrom, SubscribeRequest, start_from,
+    subscribe_request::Request as ClientMsg, subscribe_response::Response as ServerMsg,
+    subscriber_client::SubscriberClient,
+};
+use futures::{FutureExt, StreamExt, stream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Streaming, transport::Channel};
+
+use crate::client;
+
+/// Most deliveries acknowledged in one Ack message: whatever has already arrived.
+const MAX_ACK_BATCH: usize = 64;
+
+/// One subscription to open.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    /// Its durable name.
+    pub(crate) name: String,
+    /// What it receives.
+    pub(crate) filter: Filter,
+    /// Which organisation (connection) holds it.
+    pub(crate) org: usize,
+}
+
+/// An open stream: the way to send acks, and the deliveries.
+#[derive(Debug)]
+pub(crate) struct OpenStream {
+    pub(crate) name: String,
+    acks: mpsc::Sender<SubscribeRequest>,
+    inbound: Streaming<crier_proto::v1::SubscribeResponse>,
+}
+
+/// Counters over every stream of a phase.
+#[derive(Debug, Default)]
+pub(crate) struct StreamStats {
+    pub(crate) deliveries: AtomicU64,
+    /// Streams the server ended (with an error) before the phase did.
+    pub(crate) ended_early: AtomicU64,
+    pub(crate) first_end: std::sync::Mutex<Option<String>>,
+}
+
+/// Opens every subscription in `specs` (new subscriptions, starting from now), with one
+/// connection per distinct `org`, `concurrency` opens at a time. Returns the streams in
+/// `specs` order and how long opening took.
+pub(crate) async fn open_all(
+    url: &str,
+    specs: &[Spec],
+    concurrency: usize,
+) -> anyhow::Result<(Vec<OpenStream>, Duration)> {
+    let orgs = specs.iter().map(|s| s.org).max().map_or(0, |m| m + 1);
+    let started = Instant::now();
+    let channels: Vec<Channel> = stream::iter(0..orgs)
+        .map(|_| client::channel(url))
+        .buffered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let opened: Vec<OpenStream> = stream::iter(specs.iter().cloned())
+        .map(|spec| open(SubscriberClient::new(channels[spec.org].clone()), spec))
+        .buffered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((opened, started.elapsed()))
+}
+
+async fn open(mut client: SubscriberClient<Channel>, spec: Spec) -> anyhow::Result<OpenStream> {
+    let (acks, rx) = mpsc::channel(16);
+    acks.send(SubscribeRequest {
+        request: Some(ClientMsg::Open(Open {
+            subscription: spec.name.clone(),
+            filter: Some(spec.filter),
+            start: Some(StartFrom {
+                from: Some(start_from::From::Resume(start_from::Resume {})),
+            }),
+            max_in_flight: 0,
+        })),
+    })
+    .await?;
+    let mut inbound = client
+        .subscribe(ReceiverStream::new(rx))
+        .await
+        .with_context(|| format!("cannot open {}", spec.name))?
+        .into_inner();
+    match inbound.message().await {
+        Ok(Some(msg)) if matches!(msg.response, Some(ServerMsg::Opened(_))) => {}
+        other => bail!("subscription {} did not open: {other:?}", spec.name),
+    }
+    Ok(OpenStream {
+        name: spec.name,
+        acks,
+        inbound,
+    })
+}
+
+impl OpenStream {
+    /// Receives until `stop`, calling `on_delivery` with each delivery and the instant it
+    /// arrived, and acknowledging every delivery (batched with whatever else has arrived).
+    pub(crate) async fn consume<F>(
+        mut self,
+        stop: CancellationToken,
+        stats: Arc<StreamStats>,
+        mut on_delivery: F,
+    ) where
+        F: FnMut(&Delivery, Instant),
+    {
+        let mut ack_ids = Vec::with_capacity(MAX_ACK_BATCH);
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => break,
+                msg = self.inbound.message() => msg,
+            };
+            let mut next = Some(msg);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Ok(Some(m)) => {
+                        if let Some(ServerMsg::Delivery(d)) = &m.response {
+                            on_delivery(d, Instant::now());
+                            stats.deliveries.fetch_add(1, Ordering::Relaxed);
+                            ack_ids.push(d.ack_id.clone());
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        stats.ended_early.fetch_add(1, Ordering::Relaxed);
+                        let mut first = stats.first_end.lock().unwrap_or_else(|p| p.into_inner());
+                        if first.is_none() {
+                            *first = Some(format!("{}: {msg:?}", self.name));
+                        }
+                        return;
+                    }
+                }
+                if ack_ids.len() < MAX_ACK_BATCH {
+                    next = self.inbound.message().now_or_never();
+                }
+            }
+            if ack_ids.is_empty() {
+                continue;
+            }
+            let ack = SubscribeRequest {
+                request: Some(ClientMsg::Ack(Ack {
+                    ack_ids: std::mem::take(&mut ack_ids),
+                })),
+            };
+            if self.acks.send(ack).await.is_err() {
+                return;
+            }
+        }
+        // Closing our half ends the stream; the server saves the cursor.
+        drop(self.acks);
+    }
+}
