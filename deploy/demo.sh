@@ -38,16 +38,18 @@ if ! deploy/kafka.sh status >/dev/null 2>&1; then
 fi
 export CRIER_KAFKA__BOOTSTRAP_SERVERS="$(deploy/kafka.sh bootstrap)"
 
-CRIER_GRPC__LISTEN=127.0.0.1:50051 CRIER_METRICS__LISTEN=127.0.0.1:9464 \
-  target/debug/crier-producer >"$logs/producer.log" 2>&1 &
+# Development credentials for the demo organisations (made once, kept in .cache/pki).
+[ -f .cache/pki/ca.pem ] || target/debug/crier dev-certs --out .cache/pki >/dev/null
+export CRIER_PKI=.cache/pki
+
+target/debug/crier-producer --config deploy/local/producer.toml >"$logs/producer.log" 2>&1 &
 pids+=($!)
-CRIER_GRPC__LISTEN=127.0.0.1:50052 CRIER_METRICS__LISTEN=127.0.0.1:9465 \
-  target/debug/crier-consumer >"$logs/consumer.log" 2>&1 &
+target/debug/crier-consumer --config deploy/local/consumer.toml >"$logs/consumer.log" 2>&1 &
 pids+=($!)
 say "producer pid ${pids[0]} (log $logs/producer.log), consumer pid ${pids[1]} (log $logs/consumer.log)"
 
-target/debug/crier health http://127.0.0.1:50051 --wait 60 >&2
-target/debug/crier health http://127.0.0.1:50052 --wait 60 >&2
+target/debug/crier health https://localhost:50051 --wait 60 >&2
+target/debug/crier health https://localhost:50052 --wait 60 >&2
 
-target/debug/crier demo --producer http://127.0.0.1:50051 --consumer http://127.0.0.1:50052
+target/debug/crier demo --producer https://localhost:50051 --consumer https://localhost:50052
 say "done; metrics were at http://127.0.0.1:9464/metrics and :9465/metrics"

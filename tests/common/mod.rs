@@ -1,9 +1,16 @@
 //! Shared test harness: both services started in-process on port 0 against the real Kafka
 //! broker that `deploy/test.sh` starts, each test on its own topics so tests run in parallel
-//! without seeing each other's events.
+//! without seeing each other's events. Every call is authenticated as a real client would:
+//! mutual TLS with certificates from a development CA made once per test process, under
+//! agreements written per test (or the permissive [`OPEN_AGREEMENTS`]).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::LazyLock,
+    time::Duration,
+};
 
 use crier_proto::{
     events::v1 as ev,
@@ -24,6 +31,106 @@ use tonic::{Status, Streaming, transport::Channel};
 pub const DEATH: &str = "crier.events.v1.DeathRegistered";
 pub const MOVED: &str = "crier.events.v1.AddressChanged";
 
+/// The identity tests publish as.
+pub const PUBLISHER: &str = "uk.gov.test/publisher";
+/// The identity tests subscribe as.
+pub const SUBSCRIBER: &str = "uk.gov.local.test/subscriber";
+/// Further identities with certificates, for trust tests.
+pub const OTHERS: &[&str] = &[
+    "uk.gov.gro/death-registration",
+    "uk.gov.local.E06000002/revenues",
+    "uk.gov.local.E06000003/revenues",
+    "uk.gov.nobody/unknown",
+];
+pub const TRUST_DOMAIN: &str = "crier.test";
+pub const TOKEN_ISSUER: &str = "https://sts.crier.test";
+pub const TOKEN_AUDIENCE: &str = "crier";
+
+/// Agreements under which PUBLISHER may publish, and SUBSCRIBER receive, everything.
+pub const OPEN_AGREEMENTS: &str = r#"
+[[agreement]]
+id = "TEST-OPEN"
+legal_basis = "test"
+purpose = "end-to-end tests"
+valid_from = "2020-01-01T00:00:00Z"
+valid_until = "2100-01-01T00:00:00Z"
+[[agreement.publisher]]
+identity = "uk.gov.test/publisher"
+event_types = ["crier.events.v1.DeathRegistered", "crier.events.v1.AddressChanged", "crier.events.v1.BirthRegistered", "crier.events.v1.BenefitAwardChanged", "crier.events.v1.SchoolEnrolment", "crier.events.v1.SafeguardingReferral"]
+[[agreement.subscriber]]
+identity = "uk.gov.local.test/subscriber"
+areas = ["*"]
+[agreement.subscriber.fields]
+"crier.events.v1.DeathRegistered" = ["*"]
+"crier.events.v1.AddressChanged" = ["*"]
+"#;
+
+/// The development PKI of this test process.
+pub static PKI: LazyLock<PathBuf> = LazyLock::new(|| {
+    let dir = std::env::temp_dir().join(format!("crier-tests-{}", std::process::id()));
+    let mut ids: Vec<String> = vec![PUBLISHER.into(), SUBSCRIBER.into()];
+    ids.extend(OTHERS.iter().map(|s| s.to_string()));
+    crier_identity::dev::write_pki(&dir, TRUST_DOMAIN, &ids).expect("dev PKI");
+    dir
+});
+
+/// Writes `text` as an agreements file for one test and returns its path.
+pub fn agreements_file(test: &str, text: &str) -> PathBuf {
+    let path = PKI.join(format!(
+        "agreements-{test}-{}.toml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn auth_config() -> crier_identity::AuthConfig {
+    crier_identity::AuthConfig {
+        trust_domain: TRUST_DOMAIN.into(),
+        tls: Some(crier_identity::config::TlsConfig {
+            cert: PKI.join("server.pem"),
+            key: PKI.join("server.key"),
+            client_ca: Some(PKI.join("ca.pem")),
+        }),
+        jwt: Some(crier_identity::config::JwtConfig {
+            issuer: TOKEN_ISSUER.into(),
+            audience: TOKEN_AUDIENCE.into(),
+            public_key: PKI.join("token-signing.pub.pem"),
+            algorithm: "ES256".into(),
+        }),
+    }
+}
+
+/// A token for `sub` signed by the test issuer.
+pub fn token_for(sub: &str, audience: &str) -> String {
+    let key = std::fs::read_to_string(PKI.join("token-signing.key")).unwrap();
+    crier_identity::dev::token(&key, TOKEN_ISSUER, audience, sub, Duration::from_secs(600)).unwrap()
+}
+
+/// A TLS channel to `running`, presenting `identity`'s certificate (or none).
+pub async fn channel_as(running: &Running, identity: Option<&str>) -> Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(
+            std::fs::read(PKI.join("ca.pem")).unwrap(),
+        ))
+        .domain_name("localhost");
+    if let Some(id) = identity {
+        let stem = crier_identity::dev::file_stem(id);
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(PKI.join(format!("{stem}.pem"))).unwrap(),
+            std::fs::read(PKI.join(format!("{stem}.key"))).unwrap(),
+        ));
+    }
+    Channel::from_shared(running.url())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// The broker the tests use: `CRIER_TEST_KAFKA`, or the deploy script's default.
 pub fn bootstrap() -> String {
     std::env::var("CRIER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -36,6 +143,7 @@ pub fn kafka_config(test: &str) -> crier_kafka::KafkaConfig {
         bootstrap_servers: bootstrap(),
         events_topic: format!("test.{unique}.events"),
         subscriptions_topic: format!("test.{unique}.subscriptions"),
+        audit_topic: format!("test.{unique}.audit"),
         partitions: 4,
         delivery_timeout_ms: 10_000,
         ..Default::default()
@@ -61,15 +169,22 @@ impl Running {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://localhost:{}", self.addr.port())
     }
 }
 
 pub async fn start_producer(kafka: &crier_kafka::KafkaConfig) -> Running {
+    start_producer_with(kafka, &agreements_file("open", OPEN_AGREEMENTS)).await
+}
+
+pub async fn start_producer_with(kafka: &crier_kafka::KafkaConfig, agreements: &Path) -> Running {
     let mut config = crier_producer::Config {
         kafka: kafka.clone(),
+        auth: auth_config(),
         ..Default::default()
     };
+    config.agreements.path = Some(agreements.to_owned());
+    config.agreements.reload_secs = 1;
     config.metrics.listen = None;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -80,15 +195,23 @@ pub async fn start_producer(kafka: &crier_kafka::KafkaConfig) -> Running {
             .await
             .expect("producer serve");
     });
-    wait_until_listening(addr).await;
-    Running { addr, stop, task }
+    let running = Running { addr, stop, task };
+    wait_until_listening(&running).await;
+    running
 }
 
 pub async fn start_consumer(kafka: &crier_kafka::KafkaConfig) -> Running {
+    start_consumer_with(kafka, &agreements_file("open", OPEN_AGREEMENTS)).await
+}
+
+pub async fn start_consumer_with(kafka: &crier_kafka::KafkaConfig, agreements: &Path) -> Running {
     let mut config = crier_consumer::Config {
         kafka: kafka.clone(),
+        auth: auth_config(),
         ..Default::default()
     };
+    config.agreements.path = Some(agreements.to_owned());
+    config.agreements.reload_secs = 1;
     config.metrics.listen = None;
     config.subscriptions.cursor_flush_ms = 100;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -100,18 +223,27 @@ pub async fn start_consumer(kafka: &crier_kafka::KafkaConfig) -> Running {
             .await
             .expect("consumer serve");
     });
-    wait_until_listening(addr).await;
-    Running { addr, stop, task }
+    let running = Running { addr, stop, task };
+    wait_until_listening(&running).await;
+    running
 }
 
 /// Waits until the gRPC health service answers SERVING, as an orchestrator would.
-async fn wait_until_listening(addr: SocketAddr) {
+async fn wait_until_listening(running: &Running) {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let url = format!("http://{addr}");
+    let addr = running.addr;
+    let ca = tonic::transport::Certificate::from_pem(std::fs::read(PKI.join("ca.pem")).unwrap());
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("localhost");
     for _ in 0..300 {
-        if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
+        let endpoint = Channel::from_shared(running.url())
+            .unwrap()
+            .tls_config(tls.clone())
+            .unwrap();
+        if let Ok(channel) = endpoint.connect().await {
             let status = HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: String::new(),
@@ -126,8 +258,14 @@ async fn wait_until_listening(addr: SocketAddr) {
     panic!("service at {addr} did not become healthy");
 }
 
+/// A Publisher client authenticated as [`PUBLISHER`].
 pub async fn publisher(running: &Running) -> PublisherClient<Channel> {
-    PublisherClient::connect(running.url()).await.unwrap()
+    publisher_as(running, PUBLISHER).await
+}
+
+/// A Publisher client authenticated as `identity`.
+pub async fn publisher_as(running: &Running, identity: &str) -> PublisherClient<Channel> {
+    PublisherClient::new(channel_as(running, Some(identity)).await)
 }
 
 /// A valid event of `type_name` about `subject` in `areas`, with a fresh id.
@@ -152,7 +290,7 @@ pub fn event(type_name: &str, subject: &str, areas: &[&str]) -> Event {
     };
     Event {
         id: uuid::Uuid::new_v4().to_string(),
-        source: "urn:crier:test".into(),
+        source: format!("urn:crier:{PUBLISHER}"),
         r#type: type_name.into(),
         subject: subject.into(),
         areas: areas.iter().map(|a| a.to_string()).collect(),
@@ -198,14 +336,25 @@ pub fn since(time: prost_types::Timestamp) -> Option<StartFrom> {
 }
 
 impl Subscription {
-    /// Opens `name`; errors are the server's status.
+    /// Opens `name` as [`SUBSCRIBER`]; errors are the server's status.
     pub async fn open(
         consumer: &Running,
         name: &str,
         filter: Filter,
         start: Option<StartFrom>,
     ) -> Result<Self, Status> {
-        let mut client = SubscriberClient::connect(consumer.url()).await.unwrap();
+        Self::open_as(consumer, SUBSCRIBER, name, filter, start).await
+    }
+
+    /// Opens `name` as `identity`.
+    pub async fn open_as(
+        consumer: &Running,
+        identity: &str,
+        name: &str,
+        filter: Filter,
+        start: Option<StartFrom>,
+    ) -> Result<Self, Status> {
+        let mut client = SubscriberClient::new(channel_as(consumer, Some(identity)).await);
         let (tx, rx) = mpsc::channel(1024);
         tx.send(SubscribeRequest {
             request: Some(ClientMsg::Open(Open {

@@ -40,8 +40,12 @@ impl FieldTree {
 
     fn add(&mut self, segments: &[&str]) {
         let Self::Some(children) = self else { return };
-        let Some((first, rest)) = segments.split_first() else { return };
-        let child = children.entry((*first).to_owned()).or_insert_with(Self::none);
+        let Some((first, rest)) = segments.split_first() else {
+            return;
+        };
+        let child = children
+            .entry((*first).to_owned())
+            .or_insert_with(Self::none);
         if rest.is_empty() {
             *child = Self::All;
         } else {
@@ -114,13 +118,13 @@ mod tests {
 
     #[test]
     fn paths_become_a_tree_and_unknown_ones_are_refused() {
-        let tree = FieldTree::parse(
-            &death(),
-            &["name".into(), "usual_address.postcode".into()],
-        )
-        .unwrap();
+        let tree =
+            FieldTree::parse(&death(), &["name".into(), "usual_address.postcode".into()]).unwrap();
         assert_eq!(tree.child("name"), Some(&FieldTree::All));
-        assert!(matches!(tree.child("usual_address"), Some(FieldTree::Some(_))));
+        assert!(matches!(
+            tree.child("usual_address"),
+            Some(FieldTree::Some(_))
+        ));
         assert_eq!(tree.child("identifiers"), None);
         let err = FieldTree::parse(&death(), &["usual_address.colour".into()]).unwrap_err();
         assert!(err.contains("unknown field 'colour'"), "{err}");

@@ -72,7 +72,9 @@ struct FileSubscriber {
 pub fn parse(name: &str, text: &str) -> Result<Vec<Agreement>, LoadError> {
     let registry = crier_schema::Registry::new();
     let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-    let err = |offset: usize, msg: String| LoadError::Invalid(format!("{name}:{}: {msg}", line_of(offset)));
+    let err = |offset: usize, msg: String| {
+        LoadError::Invalid(format!("{name}:{}: {msg}", line_of(offset)))
+    };
     let doc: FileDoc = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(0, |s| line_of(s.start));
         LoadError::Invalid(format!("{name}:{line}: {}", e.message()))
@@ -92,67 +94,103 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<Agreement>, LoadError> {
         };
         let id = check_text(&a.id, "id")?;
         if !ids.insert(id.clone()) {
-            return Err(err(a.id.span().start, format!("agreement id '{id}' is used twice")));
+            return Err(err(
+                a.id.span().start,
+                format!("agreement id '{id}' is used twice"),
+            ));
         }
         let time = |s: &Spanned<String>| {
             s.get_ref()
                 .parse::<prost_types::Timestamp>()
                 .map(|t| t.seconds)
-                .map_err(|_| err(s.span().start, format!("'{}' is not an RFC 3339 time", s.get_ref())))
+                .map_err(|_| {
+                    err(
+                        s.span().start,
+                        format!("'{}' is not an RFC 3339 time", s.get_ref()),
+                    )
+                })
         };
         let valid_from = time(&a.valid_from)?;
         let valid_until = time(&a.valid_until)?;
         if valid_until <= valid_from {
-            return Err(err(a.valid_until.span().start, "valid_until must be after valid_from".into()));
+            return Err(err(
+                a.valid_until.span().start,
+                "valid_until must be after valid_from".into(),
+            ));
         }
         if a.publisher.is_empty() && a.subscriber.is_empty() {
-            return Err(err(at, format!("agreement '{id}' names no publisher and no subscriber")));
+            return Err(err(
+                at,
+                format!("agreement '{id}' names no publisher and no subscriber"),
+            ));
         }
         let mut publishers = Vec::new();
         for p in a.publisher {
-            let identity = check_identity(&p.identity).map_err(|m| err(p.identity.span().start, m))?;
+            let identity =
+                check_identity(&p.identity).map_err(|m| err(p.identity.span().start, m))?;
             let mut event_types = BTreeSet::new();
             for t in &p.event_types {
-                registry
-                    .event_type(t.get_ref())
-                    .ok_or_else(|| err(t.span().start, format!("unknown event type '{}'", t.get_ref())))?;
+                registry.event_type(t.get_ref()).ok_or_else(|| {
+                    err(
+                        t.span().start,
+                        format!("unknown event type '{}'", t.get_ref()),
+                    )
+                })?;
                 event_types.insert(t.get_ref().clone());
             }
             if event_types.is_empty() {
-                return Err(err(p.identity.span().start, "a publisher needs at least one event type".into()));
+                return Err(err(
+                    p.identity.span().start,
+                    "a publisher needs at least one event type".into(),
+                ));
             }
-            publishers.push(PublisherGrant { identity, event_types });
+            publishers.push(PublisherGrant {
+                identity,
+                event_types,
+            });
         }
         let mut subscribers = Vec::new();
         for s in a.subscriber {
-            let identity = check_identity(&s.identity).map_err(|m| err(s.identity.span().start, m))?;
+            let identity =
+                check_identity(&s.identity).map_err(|m| err(s.identity.span().start, m))?;
             let mut areas = BTreeSet::new();
             let mut all_areas = false;
             for area in &s.areas {
                 if area.get_ref() == "*" {
                     all_areas = true;
                 } else {
-                    crier_schema::codes::check_gss(area.get_ref()).map_err(|m| err(area.span().start, m))?;
+                    crier_schema::codes::check_gss(area.get_ref())
+                        .map_err(|m| err(area.span().start, m))?;
                     areas.insert(area.get_ref().clone());
                 }
             }
             if !all_areas && areas.is_empty() {
-                return Err(err(s.identity.span().start, "areas must list GSS codes, or \"*\" for every area".into()));
+                return Err(err(
+                    s.identity.span().start,
+                    "areas must list GSS codes, or \"*\" for every area".into(),
+                ));
             }
             let mut fields = BTreeMap::new();
             for (t, paths) in &s.fields {
-                let desc = registry
-                    .event_type(t.get_ref())
-                    .ok_or_else(|| err(t.span().start, format!("unknown event type '{}'", t.get_ref())))?;
+                let desc = registry.event_type(t.get_ref()).ok_or_else(|| {
+                    err(
+                        t.span().start,
+                        format!("unknown event type '{}'", t.get_ref()),
+                    )
+                })?;
                 for p in paths {
-                    FieldTree::parse(&desc, std::slice::from_ref(p.get_ref())).map_err(|m| err(p.span().start, m))?;
+                    FieldTree::parse(&desc, std::slice::from_ref(p.get_ref()))
+                        .map_err(|m| err(p.span().start, m))?;
                 }
                 let list: Vec<String> = paths.iter().map(|p| p.get_ref().clone()).collect();
                 let tree = FieldTree::parse(&desc, &list).map_err(|m| err(t.span().start, m))?;
                 fields.insert(t.get_ref().clone(), tree);
             }
             if fields.is_empty() {
-                return Err(err(s.identity.span().start, "a subscriber needs [fields] for at least one event type".into()));
+                return Err(err(
+                    s.identity.span().start,
+                    "a subscriber needs [fields] for at least one event type".into(),
+                ));
             }
             subscribers.push(SubscriberGrant {
                 identity,
@@ -221,14 +259,43 @@ areas = ["E06000002"]
             "event_types = [\"crier.events.v1.DeathRegistered\"]",
             "event_types = [\"crier.events.v1.Nope\"]",
         );
-        assert_eq!(error_of(&bad_type), "p.toml:11: unknown event type 'crier.events.v1.Nope'");
+        assert_eq!(
+            error_of(&bad_type),
+            "p.toml:11: unknown event type 'crier.events.v1.Nope'"
+        );
         let bad_field = GOOD.replace("usual_address.postcode", "usual_address.colour");
-        assert!(error_of(&bad_field).starts_with("p.toml:17: unknown field 'colour'"), "{}", error_of(&bad_field));
+        assert!(
+            error_of(&bad_field).starts_with("p.toml:17: unknown field 'colour'"),
+            "{}",
+            error_of(&bad_field)
+        );
         let bad_area = GOOD.replace("areas = [\"E06000002\"]", "areas = [\"E0600002\"]");
-        assert!(error_of(&bad_area).starts_with("p.toml:15: "), "{}", error_of(&bad_area));
+        assert!(
+            error_of(&bad_area).starts_with("p.toml:15: "),
+            "{}",
+            error_of(&bad_area)
+        );
         let bad_key = GOOD.replace("purpose =", "porpoise =");
-        assert!(error_of(&bad_key).contains("porpoise"), "{}", error_of(&bad_key));
+        assert!(
+            error_of(&bad_key).contains("porpoise"),
+            "{}",
+            error_of(&bad_key)
+        );
         let bad_time = GOOD.replace("2028-01-01T00:00:00Z", "next year");
-        assert!(error_of(&bad_time).starts_with("p.toml:7: "), "{}", error_of(&bad_time));
+        assert!(
+            error_of(&bad_time).starts_with("p.toml:7: "),
+            "{}",
+            error_of(&bad_time)
+        );
+    }
+}
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn the_example_agreements_in_deploy_load() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/agreements.toml");
+        let policy = crate::Policy::load(std::path::Path::new(path)).unwrap();
+        assert_eq!(policy.agreements().len(), 3);
     }
 }

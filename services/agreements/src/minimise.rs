@@ -65,7 +65,9 @@ mod tests {
     #[test]
     fn only_the_listed_fields_survive_and_the_rest_are_gone_from_the_bytes() {
         let registry = crier_schema::Registry::new();
-        let desc = registry.event_type("crier.events.v1.DeathRegistered").unwrap();
+        let desc = registry
+            .event_type("crier.events.v1.DeathRegistered")
+            .unwrap();
         let full = DeathRegistered {
             registration_id: "DE-1".into(),
             name: Some(PersonName {
@@ -83,13 +85,26 @@ mod tests {
             }),
             ..Default::default()
         };
-        let tree = FieldTree::parse(&desc, &["registration_id".into(), "usual_address.postcode".into()]).unwrap();
-        let out = minimise(&registry, "crier.events.v1.DeathRegistered", &full.encode_to_vec(), &tree);
+        let tree = FieldTree::parse(
+            &desc,
+            &["registration_id".into(), "usual_address.postcode".into()],
+        )
+        .unwrap();
+        let out = minimise(
+            &registry,
+            "crier.events.v1.DeathRegistered",
+            &full.encode_to_vec(),
+            &tree,
+        );
         let got = DeathRegistered::decode(&out[..]).unwrap();
         assert_eq!(got.registration_id, "DE-1");
         assert_eq!(got.usual_address.unwrap().postcode, "TS1 3PA");
         assert!(got.name.is_none() && got.identifiers.is_none());
         let bytes = String::from_utf8_lossy(&out);
-        assert!(!bytes.contains("9434765919") && !bytes.contains("Albert") && !bytes.contains("Lovelace"));
+        assert!(
+            !bytes.contains("9434765919")
+                && !bytes.contains("Albert")
+                && !bytes.contains("Lovelace")
+        );
     }
 }

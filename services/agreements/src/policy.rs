@@ -76,7 +76,11 @@ pub struct Policy {
 
 /// Checks an identity's shape: `<organisation>/<system>`, each part from `[A-Za-z0-9.-]`.
 pub fn check_identity(id: &str) -> Result<(), String> {
-    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+    };
     match id.split_once('/') {
         Some((org, system)) if ok(org) && ok(system) => Ok(()),
         _ => Err(format!(
@@ -97,7 +101,10 @@ impl Policy {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(Self::new(crate::file::parse(&path.display().to_string(), &text)?))
+        Ok(Self::new(crate::file::parse(
+            &path.display().to_string(),
+            &text,
+        )?))
     }
 
     /// The agreements, as loaded.
@@ -112,7 +119,12 @@ impl Policy {
     }
 
     /// The agreements under which `identity` may publish `event_type` now.
-    pub fn may_publish(&self, identity: &str, event_type: &str, now: i64) -> Result<Vec<String>, Denied> {
+    pub fn may_publish(
+        &self,
+        identity: &str,
+        event_type: &str,
+        now: i64,
+    ) -> Result<Vec<String>, Denied> {
         let ids: Vec<String> = self
             .in_force(now)
             .filter(|a| {
@@ -132,7 +144,13 @@ impl Policy {
 
     /// Checks that agreements in force cover everything a subscription asks for: each event
     /// type, in each requested area (or in every area when `areas` is empty).
-    pub fn may_subscribe(&self, identity: &str, event_types: &[String], areas: &[String], now: i64) -> Result<(), Denied> {
+    pub fn may_subscribe(
+        &self,
+        identity: &str,
+        event_types: &[String],
+        areas: &[String],
+        now: i64,
+    ) -> Result<(), Denied> {
         for t in event_types {
             let grants: Vec<&SubscriberGrant> = self
                 .in_force(now)
@@ -140,7 +158,9 @@ impl Policy {
                 .filter(|g| g.identity == identity && g.fields.contains_key(t))
                 .collect();
             if grants.is_empty() {
-                return Err(Denied(format!("no agreement in force lets {identity} receive {t}")));
+                return Err(Denied(format!(
+                    "no agreement in force lets {identity} receive {t}"
+                )));
             }
             if areas.is_empty() {
                 if !grants.iter().any(|g| g.areas.is_none()) {
@@ -148,7 +168,10 @@ impl Policy {
                         "no agreement in force lets {identity} receive {t} for every area; list the areas it covers"
                     )));
                 }
-            } else if let Some(area) = areas.iter().find(|area| !grants.iter().any(|g| g.covers_area(area))) {
+            } else if let Some(area) = areas
+                .iter()
+                .find(|area| !grants.iter().any(|g| g.covers_area(area)))
+            {
                 return Err(Denied(format!(
                     "no agreement in force lets {identity} receive {t} in {area}"
                 )));
@@ -173,7 +196,9 @@ impl Policy {
                 if g.identity != identity {
                     continue;
                 }
-                let Some(tree) = g.fields.get(event_type) else { continue };
+                let Some(tree) = g.fields.get(event_type) else {
+                    continue;
+                };
                 if !areas.clone().any(|area| g.covers_area(area)) {
                     continue;
                 }
@@ -227,31 +252,65 @@ areas = ["E06000002"]
     #[test]
     fn publishing_needs_an_agreement_in_force() {
         let p = policy();
-        assert_eq!(p.may_publish("uk.gov.gro/deaths", DEATH, IN_2026).unwrap(), vec!["A"]);
+        assert_eq!(
+            p.may_publish("uk.gov.gro/deaths", DEATH, IN_2026).unwrap(),
+            vec!["A"]
+        );
         assert!(p.may_publish("uk.gov.gro/deaths", DEATH, IN_2027).is_err());
         let denied = p.may_publish("uk.gov.dwp/x", DEATH, IN_2026).unwrap_err();
-        assert!(denied.0.contains("uk.gov.dwp/x publish crier.events.v1.DeathRegistered"));
+        assert!(
+            denied
+                .0
+                .contains("uk.gov.dwp/x publish crier.events.v1.DeathRegistered")
+        );
     }
 
     #[test]
     fn subscriptions_may_ask_only_for_covered_types_and_areas() {
         let p = policy();
         let types = vec![DEATH.to_string()];
-        assert!(p.may_subscribe(LA, &types, &["E06000002".into()], IN_2026).is_ok());
-        assert!(p.may_subscribe(LA, &types, &[], IN_2026).unwrap_err().0.contains("every area"));
-        assert!(p.may_subscribe(LA, &types, &["E06000003".into()], IN_2026).unwrap_err().0.contains("E06000003"));
+        assert!(
+            p.may_subscribe(LA, &types, &["E06000002".into()], IN_2026)
+                .is_ok()
+        );
+        assert!(
+            p.may_subscribe(LA, &types, &[], IN_2026)
+                .unwrap_err()
+                .0
+                .contains("every area")
+        );
+        assert!(
+            p.may_subscribe(LA, &types, &["E06000003".into()], IN_2026)
+                .unwrap_err()
+                .0
+                .contains("E06000003")
+        );
         let other = vec!["crier.events.v1.BirthRegistered".to_string()];
-        assert!(p.may_subscribe(LA, &other, &["E06000002".into()], IN_2026).is_err());
-        assert!(p.may_subscribe(LA, &types, &["E06000002".into()], IN_2027).is_err());
+        assert!(
+            p.may_subscribe(LA, &other, &["E06000002".into()], IN_2026)
+                .is_err()
+        );
+        assert!(
+            p.may_subscribe(LA, &types, &["E06000002".into()], IN_2027)
+                .is_err()
+        );
     }
 
     #[test]
     fn an_entitlement_needs_a_shared_area_and_carries_the_fields() {
         let p = policy();
-        let e = p.entitlement(LA, DEATH, ["E10000023", "E06000002"].into_iter(), IN_2026).unwrap();
+        let e = p
+            .entitlement(LA, DEATH, ["E10000023", "E06000002"].into_iter(), IN_2026)
+            .unwrap();
         assert_eq!(e.agreements, vec!["A"]);
         assert!(e.fields.child("registration_id").is_some());
-        assert!(p.entitlement(LA, DEATH, ["E06000003"].into_iter(), IN_2026).is_none());
-        assert!(p.entitlement(LA, DEATH, ["E06000002"].into_iter(), IN_2027).is_none());
+        assert!(
+            p.entitlement(LA, DEATH, ["E06000003"].into_iter(), IN_2026)
+                .is_none()
+        );
+        assert!(
+            p.entitlement(LA, DEATH, ["E06000002"].into_iter(), IN_2027)
+                .is_none()
+        );
     }
 }

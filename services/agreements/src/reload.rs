@@ -10,7 +10,44 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
+use serde::Deserialize;
+
 use crate::Policy;
+
+/// The `[agreements]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgreementsConfig {
+    /// The data-sharing agreements file (TOML); required.
+    pub path: Option<PathBuf>,
+    /// How often to check the file for changes, in seconds.
+    pub reload_secs: u64,
+}
+
+impl Default for AgreementsConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            reload_secs: 2,
+        }
+    }
+}
+
+/// Loads the agreements file named in `config` and keeps it current until `stop`.
+pub fn load_and_watch(
+    config: &AgreementsConfig,
+    stop: CancellationToken,
+) -> Result<PolicyHandle, String> {
+    let path = config
+        .path
+        .clone()
+        .ok_or("[agreements] path is required: no data is shared without agreements")?;
+    let policy = Policy::load(&path).map_err(|e| e.to_string())?;
+    tracing::info!(path = %path.display(), agreements = policy.agreements().len(), "agreements loaded");
+    let handle = PolicyHandle::new(policy);
+    handle.watch(path, Duration::from_secs(config.reload_secs.max(1)), stop);
+    Ok(handle)
+}
 
 /// A shared, swappable policy.
 #[derive(Debug, Clone, Default)]
@@ -28,7 +65,10 @@ impl PolicyHandle {
 
     /// The policy in force now.
     pub fn get(&self) -> Arc<Policy> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the policy.
@@ -62,7 +102,9 @@ impl PolicyHandle {
                         tracing::info!(path = %path.display(), agreements = policy.agreements().len(), "agreements reloaded");
                         handle.set(policy);
                     }
-                    Err(e) => tracing::error!(error = %e, "agreements file not reloaded; the previous agreements stay in force"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "agreements file not reloaded; the previous agreements stay in force")
+                    }
                 }
             }
         });

@@ -38,7 +38,9 @@ pub fn verify(records: &[AuditRecord]) -> Result<Summary, Broken> {
             reason,
         };
         if r.compute_hash() != r.hash {
-            return Err(broken("its hash does not match its contents: the record was altered".into()));
+            return Err(broken(
+                "its hash does not match its contents: the record was altered".into(),
+            ));
         }
         match last.get(r.chain.as_str()) {
             None if r.seq != 0 || r.prev != GENESIS => {
@@ -54,7 +56,9 @@ pub fn verify(records: &[AuditRecord]) -> Result<Summary, Broken> {
                 )));
             }
             Some((_, hash)) if r.prev != *hash => {
-                return Err(broken("its prev does not match the previous record's hash".into()));
+                return Err(broken(
+                    "its prev does not match the previous record's hash".into(),
+                ));
             }
             _ => {}
         }
@@ -97,7 +101,13 @@ mod tests {
 
     #[test]
     fn an_intact_trail_verifies() {
-        assert_eq!(verify(&trail(5)), Ok(Summary { records: 5, chains: 1 }));
+        assert_eq!(
+            verify(&trail(5)),
+            Ok(Summary {
+                records: 5,
+                chains: 1
+            })
+        );
     }
 
     #[test]
@@ -128,13 +138,24 @@ mod tests {
         assert!(broken.reason.contains("1 record(s) missing"));
         let mut t = trail(3);
         t.remove(0);
-        assert!(verify(&t).unwrap_err().reason.contains("starts at record 1"));
+        assert!(
+            verify(&t)
+                .unwrap_err()
+                .reason
+                .contains("starts at record 1")
+        );
     }
 
     #[test]
     fn the_subject_query_finds_only_that_subjects_deliveries() {
         let t = trail(5);
         let found = deliveries_about(&t, "psn:1");
-        assert_eq!(found.iter().map(|r| r.entry.event_id.as_str()).collect::<Vec<_>>(), ["1", "3"]);
+        assert_eq!(
+            found
+                .iter()
+                .map(|r| r.entry.event_id.as_str())
+                .collect::<Vec<_>>(),
+            ["1", "3"]
+        );
     }
 }

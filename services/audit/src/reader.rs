@@ -45,12 +45,13 @@ pub fn read_all(config: &KafkaConfig, topic: &str) -> Result<Vec<AuditRecord>, R
         match consumer.poll(timeout) {
             Some(Ok(msg)) => {
                 next = msg.offset() + 1;
-                let record = serde_json::from_slice(msg.payload().unwrap_or_default()).map_err(|e| {
-                    ReadError::Malformed {
-                        offset: msg.offset(),
-                        reason: e.to_string(),
-                    }
-                })?;
+                let record =
+                    serde_json::from_slice(msg.payload().unwrap_or_default()).map_err(|e| {
+                        ReadError::Malformed {
+                            offset: msg.offset(),
+                            reason: e.to_string(),
+                        }
+                    })?;
                 records.push(record);
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}

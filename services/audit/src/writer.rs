@@ -58,7 +58,10 @@ pub struct Auditor {
 impl Auditor {
     /// Starts the writer for `topic`. The returned task ends, after flushing, once every
     /// `Auditor` clone is dropped.
-    pub fn start(config: &KafkaConfig, topic: String) -> Result<(Self, JoinHandle<()>), rdkafka::error::KafkaError> {
+    pub fn start(
+        config: &KafkaConfig,
+        topic: String,
+    ) -> Result<(Self, JoinHandle<()>), rdkafka::error::KafkaError> {
         let producer: FutureProducer = config.producer().create()?;
         let (tx, rx) = mpsc::channel(4096);
         let chain = Chain::new(uuid::Uuid::now_v7().to_string());
@@ -75,7 +78,12 @@ impl Auditor {
     }
 }
 
-async fn write(producer: FutureProducer, topic: String, mut chain: Chain, mut rx: mpsc::Receiver<Entry>) {
+async fn write(
+    producer: FutureProducer,
+    topic: String,
+    mut chain: Chain,
+    mut rx: mpsc::Receiver<Entry>,
+) {
     let mut in_flight = FuturesOrdered::new();
     loop {
         tokio::select! {

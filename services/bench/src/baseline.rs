@@ -73,10 +73,9 @@ pub(crate) async fn run(kafka: &KafkaConfig, plan: &Plan, pool: &Pool) -> anyhow
     while let Some(r) = in_flight.next().await {
         settle(r, &outcomes);
     }
-    let flushed = tokio::task::spawn_blocking(move || {
-        producer.flush(std::time::Duration::from_secs(30))
-    })
-    .await?;
+    let flushed =
+        tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(30)))
+            .await?;
     flushed?;
     eprintln!("bench: baseline: {}", outcomes.summary());
     Ok(window.per_second(outcomes.counted.load(Ordering::Relaxed)))

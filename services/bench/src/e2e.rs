@@ -15,8 +15,11 @@
 //!
 //! Read amplification compares what the consumer process received from the broker with what
 //! the producer process sent to it over the same interval, both from the kernel's TCP
-//! counters (see `probe.rs`); Crier's own `crier_live_bytes_total` over the payload bytes
-//! published is reported beside it.
+//! counters sampled every 250 ms (see `probe.rs`): compressed record batches on both sides,
+//! so like is compared with like, and independent of Crier's own counters. Two other
+//! figures are reported beside it: the consumer's `rchar` (every byte it read through any
+//! system call: an upper bound) over the same denominator, and Crier's own
+//! `crier_live_bytes_total` over the payload bytes published (blind to catch-up readers).
 
 use std::{
     sync::{
@@ -58,11 +61,10 @@ pub(crate) struct E2e {
     pub(crate) wire_note: String,
     /// `crier_live_bytes_total` over payload bytes published.
     pub(crate) read_amplification_counter: f64,
+    /// Consumer `rchar` (every byte it read, Kafka or not) over producer bytes sent.
+    pub(crate) read_amplification_rchar: Option<f64>,
     pub(crate) catch_up_readers: f64,
     pub(crate) lagged: f64,
-    pub(crate) consumer_cpu: f64,
-    pub(crate) producer_cpu: f64,
-    pub(crate) elapsed: Duration,
 }
 
 /// The subscriptions: one per area (type filter: deaths and moves), plus `national` with
@@ -177,15 +179,19 @@ pub(crate) async fn run(
         });
     }
 
-    let before = Snapshot::take(producer, consumer, kafka_port).await;
+    let metrics_before = probe::scrape(consumer.metrics_addr())
+        .await
+        .unwrap_or_default();
+    let rchar_before = probe::io_chars(consumer.pid()).ok();
+    let sampling = CancellationToken::new();
+    let sampler = tokio::spawn(sample_wire(kafka_port, sampling.clone()));
     let channels = client::channels(&producer.url(), plan.connections).await?;
     let publish = Arc::new(Outcomes::default());
     let window = Window::starting_now(plan.warmup, plan.e2e);
     let task = {
         let (pool, publish, tracker) = (pool.clone(), publish.clone(), tracker.clone());
         move |seq: u64, scheduled: Instant| {
-            let mut client =
-                PublisherClient::new(channels[seq as usize % channels.len()].clone());
+            let mut client = PublisherClient::new(channels[seq as usize % channels.len()].clone());
             let (pool, publish, tracker) = (pool.clone(), publish.clone(), tracker.clone());
             async move {
                 let i = seq as usize;
@@ -194,7 +200,9 @@ pub(crate) async fn run(
                 areas.sort();
                 areas.dedup();
                 let due = national + areas.len() as u32;
-                let ns = scheduled.saturating_duration_since(tracker.started).as_nanos() as u64;
+                let ns = scheduled
+                    .saturating_duration_since(tracker.started)
+                    .as_nanos() as u64;
                 if let (Some(r), Some(s)) = (tracker.remaining.get(i), tracker.scheduled.get(i)) {
                     s.store(ns, Ordering::Relaxed);
                     r.store(due, Ordering::Release);
@@ -233,7 +241,12 @@ pub(crate) async fn run(
     }
     let cutoff = Instant::now();
     let drain_time = drain_started.elapsed();
-    let after = Snapshot::take(producer, consumer, kafka_port).await;
+    sampling.cancel();
+    let wire = sampler.await?;
+    let rchar_after = probe::io_chars(consumer.pid()).ok();
+    let metrics_after = probe::scrape(consumer.metrics_addr())
+        .await
+        .unwrap_or_default();
     stop.cancel();
     while let Some(joined) = receivers.join_next().await {
         joined?;
@@ -254,20 +267,36 @@ pub(crate) async fn run(
         }
     }
     let payload = tracker.payload_bytes.load(Ordering::Relaxed) as f64;
-    let counter = |name: &str| probe::counter(&after.metrics, name) - probe::counter(&before.metrics, name);
-    let (read_amplification_wire, wire_note) = match (&before.wire, &after.wire) {
-        (Some((p0, c0)), Some((p1, c1))) => {
-            let (p, c) = (p0.until(p1), c0.until(c1));
+    let counter =
+        |name: &str| probe::counter(&metrics_after, name) - probe::counter(&metrics_before, name);
+    let (read_amplification_wire, read_amplification_rchar, wire_note) = match wire {
+        Ok(tracker) => {
+            let (p, c) = (
+                tracker.traffic(producer.pid()),
+                tracker.traffic(consumer.pid()),
+            );
+            let rchar = match (rchar_before, rchar_after) {
+                (Some(a), Some(b)) => Some(b.0 - a.0),
+                _ => None,
+            };
+            let ratio = |n: u64| (p.sent > 0).then(|| n as f64 / p.sent as f64);
             (
-                (p.sent > 0).then(|| c.received as f64 / p.sent as f64),
+                ratio(c.received),
+                rchar.and_then(ratio),
                 format!(
-                    "consumer received {} B from Kafka, producer sent {} B, payload {} B \
-                     (consumer sockets opened {}, closed {})",
-                    c.received, p.sent, payload as u64, c.opened, c.closed
+                    "consumer received {} B from Kafka (rchar {}), producer sent {} B to Kafka, \
+                     payload published {} B; consumer connections to Kafka opened {} and closed \
+                     {} during the phase",
+                    c.received,
+                    rchar.map_or("n/a".into(), |r| r.to_string()),
+                    p.sent,
+                    payload as u64,
+                    c.opened,
+                    c.closed
                 ),
             )
         }
-        _ => (None, "ss not available: wire bytes not measured".into()),
+        Err(e) => (None, None, format!("wire bytes not measured: {e:#}")),
     };
     let delivered = stats.deliveries.load(Ordering::Relaxed);
     let duplicates = tracker.duplicates.load(Ordering::Relaxed);
@@ -290,43 +319,28 @@ pub(crate) async fn run(
         } else {
             0.0
         },
+        read_amplification_rchar,
         catch_up_readers: counter("crier_catch_up_readers_total"),
         lagged: counter("crier_live_lagged_total"),
-        consumer_cpu: after.consumer_cpu - before.consumer_cpu,
-        producer_cpu: after.producer_cpu - before.producer_cpu,
-        elapsed: after.at - before.at,
     })
 }
 
-/// The consumer's and producer's counters at one instant.
-struct Snapshot {
-    at: Instant,
-    metrics: std::collections::HashMap<String, f64>,
-    wire: Option<(probe::KafkaBytes, probe::KafkaBytes)>,
-    consumer_cpu: f64,
-    producer_cpu: f64,
-}
-
-impl Snapshot {
-    async fn take(producer: &Service, consumer: &Service, kafka_port: u16) -> Self {
-        let wire = match (
-            probe::kafka_bytes(producer.pid(), kafka_port).await,
-            probe::kafka_bytes(consumer.pid(), kafka_port).await,
-        ) {
-            (Ok(p), Ok(c)) => Some((p, c)),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("bench: e2e: wire bytes unavailable: {e:#}");
-                None
-            }
-        };
-        Self {
-            at: Instant::now(),
-            metrics: probe::scrape(consumer.metrics_addr())
-                .await
-                .unwrap_or_default(),
-            wire,
-            consumer_cpu: probe::cpu_seconds(consumer.pid()).unwrap_or(0.0),
-            producer_cpu: probe::cpu_seconds(producer.pid()).unwrap_or(0.0),
+/// Samples every connection to the broker every 250 ms until `stop`.
+async fn sample_wire(
+    kafka_port: u16,
+    stop: CancellationToken,
+) -> anyhow::Result<probe::WireTracker> {
+    let mut tracker = probe::WireTracker::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tracker.add(&probe::kafka_bytes(kafka_port).await?);
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
         }
     }
+    // One last sample, at the cut-off.
+    tracker.add(&probe::kafka_bytes(kafka_port).await?);
+    Ok(tracker)
 }

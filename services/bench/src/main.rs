@@ -47,6 +47,7 @@ use rdkafka::{
 
 use crate::{
     events::Pool,
+    probe::Cpu,
     report::Figures,
     services::{Kind, Service},
 };
@@ -246,8 +247,11 @@ async fn main() -> anyhow::Result<()> {
     // the phases that need it start a fresh one.
     consumer.stop(Duration::from_secs(30)).await?;
 
+    let bench_pid = std::process::id();
+    let publish_procs = [("producer", producer.pid()), ("bench", bench_pid)];
     let mut baseline_topics = Vec::new();
     if wanted(Phase::Baseline) {
+        let cpu = Cpu::sample(&publish_procs);
         phase("baseline", &plan.throughput);
         let kafka = KafkaConfig {
             bootstrap_servers: args.kafka.clone(),
@@ -255,24 +259,47 @@ async fn main() -> anyhow::Result<()> {
             subscriptions_topic: format!("bench.{run_id}.baseline-unused"),
             ..Default::default()
         };
-        baseline_topics = vec![kafka.events_topic.clone(), kafka.subscriptions_topic.clone()];
+        baseline_topics = vec![
+            kafka.events_topic.clone(),
+            kafka.subscriptions_topic.clone(),
+        ];
         figures.baseline_eps = Some(baseline::run(&kafka, &plan, &pool).await?);
+        notes.push(format!(
+            "baseline: {}",
+            cpu.note(&Cpu::sample(&publish_procs))
+        ));
     }
     if wanted(Phase::Stream) {
         phase("stream", &plan.throughput);
+        let cpu = Cpu::sample(&publish_procs);
         figures.stream_publish_eps = Some(stream::run(&producer.url(), &plan, &pool).await?);
+        notes.push(format!(
+            "stream ({} events per batch, {} in flight): {}",
+            plan.batch_size,
+            plan.batches_in_flight,
+            cpu.note(&Cpu::sample(&publish_procs))
+        ));
     }
     if wanted(Phase::Unary) {
         phase("unary", &plan.throughput);
+        let cpu = Cpu::sample(&publish_procs);
         figures.unary_eps = Some(unary::throughput(&producer.url(), &plan, &pool).await?);
+        notes.push(format!(
+            "unary ({} callers on {} connections): {}",
+            plan.callers,
+            plan.connections,
+            cpu.note(&Cpu::sample(&publish_procs))
+        ));
     }
     if wanted(Phase::Latency) {
         phase("latency", &plan.latency);
+        let cpu = Cpu::sample(&publish_procs);
         let (h, outcomes) = unary::latency(&producer.url(), &plan, &pool).await?;
+        let cpu = cpu.note(&Cpu::sample(&publish_procs));
         figures.unary_p50_ms = load::percentile_ms(&h, 50.0);
         figures.unary_p99_ms = load::percentile_ms(&h, 99.0);
         notes.push(format!(
-            "unary latency at {}/s: {} samples, p99.9 {:.2} ms, max {:.2} ms; {}",
+            "unary latency at {}/s: {} samples, p99.9 {:.2} ms, max {:.2} ms; {}; {cpu}",
             plan.rate,
             h.len(),
             load::percentile_ms(&h, 99.9).unwrap_or(f64::NAN),
@@ -284,7 +311,17 @@ async fn main() -> anyhow::Result<()> {
         phase("e2e", &plan.e2e);
         let consumer = start(Kind::Consumer, &env, args.port_base, 2).await?;
         let subs = &areas[..plan.areas.min(areas.len())];
-        let r = e2e::run(&producer, &consumer, &plan, &pool, subs, &run_id, kafka_port).await?;
+        let procs = [
+            ("producer", producer.pid()),
+            ("consumer", consumer.pid()),
+            ("bench", bench_pid),
+        ];
+        let cpu = Cpu::sample(&procs);
+        let r = e2e::run(
+            &producer, &consumer, &plan, &pool, subs, &run_id, kafka_port,
+        )
+        .await?;
+        let cpu = cpu.note(&Cpu::sample(&procs));
         consumer.stop(Duration::from_secs(30)).await?;
         figures.e2e_p50_ms = load::percentile_ms(&r.histogram, 50.0);
         figures.e2e_p99_ms = load::percentile_ms(&r.histogram, 99.0);
@@ -294,7 +331,6 @@ async fn main() -> anyhow::Result<()> {
             notes.push("read_amplification falls back to Crier's own counter".into());
             Some(r.read_amplification_counter)
         });
-        let secs = r.elapsed.as_secs_f64();
         notes.push(format!(
             "e2e: {} subscriptions opened in {:.1}s; {} events published ({}); {} deliveries \
              of {} due, {} undelivered after a {:.1}s drain (recorded at the cut-off), {} \
@@ -312,8 +348,10 @@ async fn main() -> anyhow::Result<()> {
             r.histogram.max() as f64 / 1000.0
         ));
         notes.push(format!(
-            "read amplification (wire, kernel TCP counters): {}; {}",
+            "read amplification: wire (kernel TCP counters) {}, rchar-based (upper bound) {}; {}",
             r.read_amplification_wire
+                .map_or("n/a".into(), |v| format!("{v:.3}")),
+            r.read_amplification_rchar
                 .map_or("n/a".into(), |v| format!("{v:.3}")),
             r.wire_note
         ));
@@ -322,17 +360,20 @@ async fn main() -> anyhow::Result<()> {
              catch-up readers started {}, live lag events {}",
             r.read_amplification_counter, r.catch_up_readers, r.lagged
         ));
-        notes.push(format!(
-            "CPU during e2e: consumer {:.0}%, producer {:.0}% of one core (over {secs:.1}s)",
-            100.0 * r.consumer_cpu / secs,
-            100.0 * r.producer_cpu / secs
-        ));
+        notes.push(format!("e2e: {cpu}"));
     }
     if wanted(Phase::Memory) {
         phase("memory", &plan.memory_hold);
         let consumer = start(Kind::Consumer, &env, args.port_base, 3).await?;
         let subs = &areas[..plan.areas.min(areas.len())];
+        let procs = [
+            ("producer", producer.pid()),
+            ("consumer", consumer.pid()),
+            ("bench", bench_pid),
+        ];
+        let cpu = Cpu::sample(&procs);
         let m = memory::run(&producer, &consumer, &plan, &pool, subs, &run_id).await?;
+        notes.push(format!("memory: {}", cpu.note(&Cpu::sample(&procs))));
         consumer.stop(Duration::from_secs(30)).await?;
         figures.streams = Some(m.streams as f64);
         figures.consumer_rss_mb = Some(m.rss_peak_mb);
@@ -347,7 +388,9 @@ async fn main() -> anyhow::Result<()> {
             plan.memory_hold.as_secs_f64(),
             m.deliveries,
             m.ended_early,
-            m.first_end.map(|e| format!(" (first: {e})")).unwrap_or_default(),
+            m.first_end
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
             m.publish.summary()
         ));
     }

@@ -115,8 +115,7 @@ pub(crate) async fn run(
     let task = {
         let (pool, publish) = (pool.clone(), publish.clone());
         move |seq: u64, _scheduled: Instant| {
-            let mut client =
-                PublisherClient::new(channels[seq as usize % channels.len()].clone());
+            let mut client = PublisherClient::new(channels[seq as usize % channels.len()].clone());
             let (pool, publish) = (pool.clone(), publish.clone());
             async move {
                 if crate::unary::publish(&mut client, &pool, seq, String::new(), &publish).await {

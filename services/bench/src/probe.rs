@@ -32,7 +32,10 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces; the fields after it are plain numbers.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15, i.e. 11 and 12 after the ')' (state is 0).
     let ticks = |i: usize| -> anyhow::Result<f64> {
@@ -81,78 +84,119 @@ pub(crate) fn counter(scrape: &HashMap<String, f64>, name: &str) -> f64 {
     scrape.get(name).copied().unwrap_or(0.0)
 }
 
-/// TCP byte counters of one process's connections to the broker, per local address.
+/// TCP byte counters of connections to the broker, per local address, with the owning pid.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct KafkaBytes {
-    /// local address → (bytes received from the broker, bytes sent and acknowledged).
-    sockets: HashMap<String, (u64, u64)>,
+    /// local address → (pid, bytes received from the broker, bytes sent and acknowledged).
+    sockets: HashMap<String, (u32, u64, u64)>,
 }
 
-/// Traffic between two snapshots.
+/// Traffic of one process between the start and the end of a tracked interval.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Traffic {
     pub(crate) received: u64,
     pub(crate) sent: u64,
-    /// Connections open at the first snapshot and gone at the second: their traffic in
-    /// between is not counted (catch-up readers that came and went).
-    pub(crate) closed: usize,
-    /// Connections that appeared between the snapshots (counted from zero).
+    /// Connections that appeared after the first sample.
     pub(crate) opened: usize,
+    /// Connections that disappeared before the last sample.
+    pub(crate) closed: usize,
 }
 
-impl KafkaBytes {
-    /// What `later` adds to `self`.
-    pub(crate) fn until(&self, later: &KafkaBytes) -> Traffic {
-        let mut t = Traffic::default();
-        for (sock, (rx, tx)) in &later.sockets {
-            let (rx0, tx0) = match self.sockets.get(sock) {
-                Some(before) => *before,
-                None => {
-                    t.opened += 1;
-                    (0, 0)
-                }
-            };
-            t.received += rx.saturating_sub(rx0);
-            t.sent += tx.saturating_sub(tx0);
+/// Follows every connection to the broker across repeated samples, so that connections
+/// that open and close in between (catch-up readers) are still counted, up to their last
+/// sample. A connection shorter than the sampling interval is missed, and the traffic of
+/// a connection after its last sample too: the totals are lower bounds when connections
+/// churn, exact when they do not.
+#[derive(Debug, Default)]
+pub(crate) struct WireTracker {
+    /// local address → (pid, counted from (rx, tx), last seen (rx, tx), opened later).
+    sockets: HashMap<String, (u32, (u64, u64), (u64, u64), bool)>,
+    latest: Vec<String>,
+    samples: usize,
+}
+
+impl WireTracker {
+    /// Takes a sample. Connections present at the first sample count from their value
+    /// then; later ones count from zero.
+    pub(crate) fn add(&mut self, snapshot: &KafkaBytes) {
+        let first_sample = self.samples == 0;
+        for (local, (pid, rx, tx)) in &snapshot.sockets {
+            let start = if first_sample { (*rx, *tx) } else { (0, 0) };
+            let entry = self.sockets.entry(local.clone()).or_insert((
+                *pid,
+                start,
+                (*rx, *tx),
+                !first_sample,
+            ));
+            entry.2 = (*rx, *tx);
         }
-        t.closed = self
-            .sockets
-            .keys()
-            .filter(|s| !later.sockets.contains_key(*s))
-            .count();
+        self.latest = snapshot.sockets.keys().cloned().collect();
+        self.samples += 1;
+    }
+
+    /// What process `pid` exchanged with the broker over the tracked interval.
+    pub(crate) fn traffic(&self, pid: u32) -> Traffic {
+        let mut t = Traffic::default();
+        for (local, (owner, first, last, later)) in &self.sockets {
+            if *owner != pid {
+                continue;
+            }
+            t.received += last.0.saturating_sub(first.0);
+            t.sent += last.1.saturating_sub(first.1);
+            if *later {
+                t.opened += 1;
+            }
+            if !self.latest.contains(local) {
+                t.closed += 1;
+            }
+        }
         t
     }
 }
 
-/// Snapshot of `pid`'s established TCP connections to port `kafka_port`, or an error when
-/// `ss` (iproute2) is missing or its output cannot be read.
-pub(crate) async fn kafka_bytes(pid: u32, kafka_port: u16) -> anyhow::Result<KafkaBytes> {
+/// Every established TCP connection to port `kafka_port` with its owner, from `ss`
+/// (iproute2); an error when `ss` is missing or fails.
+pub(crate) async fn kafka_bytes(kafka_port: u16) -> anyhow::Result<KafkaBytes> {
     let out = tokio::process::Command::new("ss")
-        .args(["-tinpH", "state", "established", "dport", "=", &format!(":{kafka_port}")])
+        .args([
+            "-tinpH",
+            "state",
+            "established",
+            "dport",
+            "=",
+            &format!(":{kafka_port}"),
+        ])
         .output()
         .await
         .context("cannot run ss (iproute2)")?;
     if !out.status.success() {
         bail!("ss failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(parse_ss(&String::from_utf8_lossy(&out.stdout), pid))
+    Ok(parse_ss(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// `ss -tinpH` prints each socket on one line (with `users:((...,pid=N,...))`) and its
 /// `tcp_info` on the next, indented line.
-fn parse_ss(text: &str, pid: u32) -> KafkaBytes {
-    let needle = format!("pid={pid},");
+fn parse_ss(text: &str) -> KafkaBytes {
     let mut sockets = HashMap::new();
-    let mut current: Option<String> = None;
+    let mut current: Option<(String, u32)> = None;
     for line in text.lines() {
         if !line.starts_with(char::is_whitespace) {
-            current = line.contains(&needle).then(|| {
-                // Columns (with state filtered, -H): Recv-Q Send-Q Local Peer Process
-                line.split_whitespace().nth(2).unwrap_or_default().to_owned()
-            });
+            // Columns (state filtered, no header): Recv-Q Send-Q Local Peer Process
+            let local = line
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or_default()
+                .to_owned();
+            let pid = line
+                .split("pid=")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|p| p.parse().ok());
+            current = pid.map(|pid| (local, pid));
             continue;
         }
-        let Some(local) = current.take() else {
+        let Some((local, pid)) = current.take() else {
             continue;
         };
         let field = |key: &str| -> u64 {
@@ -161,9 +205,89 @@ fn parse_ss(text: &str, pid: u32) -> KafkaBytes {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        sockets.insert(local, (field("bytes_received:"), field("bytes_acked:")));
+        sockets.insert(
+            local,
+            (pid, field("bytes_received:"), field("bytes_acked:")),
+        );
     }
     KafkaBytes { sockets }
+}
+
+/// Bytes `pid` has read (`rchar`) and written (`wchar`) through any system call, from
+/// `/proc/<pid>/io`: sockets, pipes, eventfds and files alike.
+pub(crate) fn io_chars(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .with_context(|| format!("cannot read /proc/{pid}/io"))?;
+    let get = |key: &str| -> anyhow::Result<u64> {
+        io.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .context("field missing")?
+            .trim()
+            .parse()
+            .context("not a number")
+    };
+    Ok((get("rchar:")?, get("wchar:")?))
+}
+
+/// CPU time used so far by the whole machine and by some processes.
+#[derive(Debug, Clone)]
+pub(crate) struct Cpu {
+    at: std::time::Instant,
+    /// Busy seconds of all CPUs (everything but idle and iowait).
+    machine: f64,
+    procs: Vec<(&'static str, f64)>,
+}
+
+impl Cpu {
+    /// Samples the machine and each `(name, pid)`.
+    pub(crate) fn sample(procs: &[(&'static str, u32)]) -> Self {
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let ticks: Vec<f64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                let total: f64 = ticks.iter().take(8).sum();
+                let idle = ticks.get(3)? + ticks.get(4)?;
+                Some((total - idle) / 100.0)
+            })
+            .unwrap_or(0.0);
+        Self {
+            at: std::time::Instant::now(),
+            machine,
+            procs: procs
+                .iter()
+                .map(|(name, pid)| (*name, cpu_seconds(*pid).unwrap_or(0.0)))
+                .collect(),
+        }
+    }
+
+    /// "CPU (% of one core) ..." between `self` and `later` (same processes).
+    pub(crate) fn note(&self, later: &Cpu) -> String {
+        let secs = (later.at - self.at).as_secs_f64().max(1e-9);
+        let pct = |v: f64| 100.0 * v / secs;
+        let mut parts = Vec::new();
+        let mut named = 0.0;
+        for ((name, a), (_, b)) in self.procs.iter().zip(&later.procs) {
+            named += b - a;
+            parts.push(format!("{name} {:.0}%", pct(b - a)));
+        }
+        let machine = later.machine - self.machine;
+        parts.push(format!(
+            "everything else (Kafka, other processes) {:.0}%",
+            pct((machine - named).max(0.0))
+        ));
+        format!(
+            "CPU in % of one core over {secs:.0}s: {}; machine busy {:.0}% of {}%",
+            parts.join(", "),
+            pct(machine),
+            100 * std::thread::available_parallelism().map_or(1, usize::from)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -171,16 +295,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ss_output_is_read_per_socket_of_the_given_process() {
+    fn connections_are_followed_across_samples_per_process() {
         let text = "0 0 127.0.0.1:40000 127.0.0.1:19092 users:((\"crier-consumer\",pid=42,fd=9))\n\
             \t cubic wscale:7,7 bytes_sent:300 bytes_acked:301 bytes_received:1000 segs_out:3\n\
             0 0 127.0.0.1:40001 127.0.0.1:19092 users:((\"crier-producer\",pid=43,fd=9))\n\
             \t cubic bytes_acked:5 bytes_received:7\n";
-        let before = parse_ss(text, 42);
-        assert_eq!(before.sockets["127.0.0.1:40000"], (1000, 301));
-        assert_eq!(before.sockets.len(), 1);
-        let later = parse_ss(&text.replace("bytes_received:1000", "bytes_received:1500"), 42);
-        let t = before.until(&later);
-        assert_eq!((t.received, t.sent, t.closed, t.opened), (500, 0, 0, 0));
+        let first = parse_ss(text);
+        assert_eq!(first.sockets["127.0.0.1:40000"], (42, 1000, 301));
+        let mut tracker = WireTracker::default();
+        tracker.add(&first);
+        // A catch-up connection comes and goes; the first one reads 500 more bytes.
+        let second = text.replace("bytes_received:1000", "bytes_received:1500")
+            + "0 0 127.0.0.1:40002 127.0.0.1:19092 users:((\"crier-consumer\",pid=42,fd=10))\n\
+               \t bytes_acked:10 bytes_received:200\n";
+        tracker.add(&parse_ss(&second));
+        tracker.add(&parse_ss(
+            &text.replace("bytes_received:1000", "bytes_received:1600"),
+        ));
+        let t = tracker.traffic(42);
+        assert_eq!((t.received, t.sent, t.opened, t.closed), (800, 10, 1, 1));
+        assert_eq!(tracker.traffic(43).received, 0);
     }
 }

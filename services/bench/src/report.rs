@@ -48,20 +48,45 @@ impl Figures {
     fn rows(&self) -> Vec<(&'static str, Option<f64>, &'static str, Target)> {
         vec![
             ("baseline_eps", self.baseline_eps, "events/s", Target::None),
-            ("stream_publish_eps", self.stream_publish_eps, "events/s", Target::None),
-            ("stream_ratio", self.stream_ratio(), "", Target::AtLeast(0.8)),
+            (
+                "stream_publish_eps",
+                self.stream_publish_eps,
+                "events/s",
+                Target::None,
+            ),
+            (
+                "stream_ratio",
+                self.stream_ratio(),
+                "",
+                Target::AtLeast(0.8),
+            ),
             ("unary_eps", self.unary_eps, "events/s", Target::None),
             ("unary_p50_ms", self.unary_p50_ms, "ms", Target::None),
-            ("unary_p99_ms", self.unary_p99_ms, "ms", Target::AtMost(10.0)),
+            (
+                "unary_p99_ms",
+                self.unary_p99_ms,
+                "ms",
+                Target::AtMost(10.0),
+            ),
             ("e2e_p50_ms", self.e2e_p50_ms, "ms", Target::None),
             ("e2e_p99_ms", self.e2e_p99_ms, "ms", Target::AtMost(50.0)),
             ("e2e_p999_ms", self.e2e_p999_ms, "ms", Target::None),
             ("subscriptions", self.subscriptions, "", Target::None),
             ("streams", self.streams, "", Target::None),
-            ("consumer_rss_mb", self.consumer_rss_mb, "MiB", Target::AtMost(512.0)),
+            (
+                "consumer_rss_mb",
+                self.consumer_rss_mb,
+                "MiB",
+                Target::AtMost(512.0),
+            ),
             ("producer_rss_mb", self.producer_rss_mb, "MiB", Target::None),
             ("idle_rss_mb", self.idle_rss_mb, "MiB", Target::AtMost(50.0)),
-            ("read_amplification", self.read_amplification, "", Target::AtMost(1.0)),
+            (
+                "read_amplification",
+                self.read_amplification,
+                "",
+                Target::AtMost(1.0),
+            ),
         ]
     }
 

@@ -134,10 +134,7 @@ impl Service {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "{} not serving after {limit:?}",
-                    self.kind.binary()
-                );
+                bail!("{} not serving after {limit:?}", self.kind.binary());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -37,10 +37,7 @@ pub(crate) async fn run(url: &str, plan: &Plan, pool: &Pool) -> anyhow::Result<f
                     .map(|i| pool.event(seq + i as u64, String::new()))
                     .collect();
                 seq += batch as u64;
-                match client
-                    .publish_batch(PublishBatchRequest { events })
-                    .await
-                {
+                match client.publish_batch(PublishBatchRequest { events }).await {
                     Ok(response) => {
                         let now = Instant::now();
                         let mut accepted = 0;

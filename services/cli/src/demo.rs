@@ -1,7 +1,9 @@
 //! The demo exchange from the README: Middlesbrough Council (E06000002) subscribes to deaths
 //! and changes of address in its area; the General Register Office and DVLA publish; the
 //! council prints what it receives. An event for Westminster is published too, and is not
-//! delivered, because it is outside the council's filter.
+//! delivered, because it is outside the council's filter. Each party authenticates with its
+//! own certificate, and the council receives only the fields its agreement allows: the
+//! deceased's NHS number, in the published event, never reaches it.
 
 use std::time::Duration;
 
@@ -19,7 +21,9 @@ use crier_proto::{
 use prost::Message;
 use tokio_stream::StreamExt;
 
-use crate::{payload, status_error};
+use crate::{connect::Credentials, payload, status_error};
+
+const COUNCIL: &str = "uk.gov.local.E06000002/revenues";
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -39,38 +43,36 @@ pub(crate) struct DemoArgs {
     consumer: String,
 }
 
-pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DemoArgs, creds: &Credentials) -> anyhow::Result<()> {
     let name = format!("e06000002.revenues.demo-{}", uuid::Uuid::new_v4().simple());
-    let mut subscriber = SubscriberClient::connect(args.consumer.clone())
-        .await
-        .with_context(|| format!("cannot reach the consumer at {}", args.consumer))?;
-    let mut publisher = PublisherClient::connect(args.producer.clone())
-        .await
-        .with_context(|| format!("cannot reach the producer at {}", args.producer))?;
+    let council = creds.acting_as(COUNCIL);
+    let mut subscriber = SubscriberClient::new(council.channel(&args.consumer).await?);
 
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tx.send(open(&name)).await?;
     let mut stream = subscriber
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .subscribe(council.request(tokio_stream::wrappers::ReceiverStream::new(rx))?)
         .await
         .map_err(status_error)?
         .into_inner();
     match stream.next().await {
         Some(Ok(msg)) if matches!(msg.response, Some(ServerMsg::Opened(_))) => {
-            println!("council   Middlesbrough (E06000002) opened subscription {name}");
+            println!("council   {COUNCIL} (mTLS) opened subscription {name}");
             println!("          filter: DeathRegistered, AddressChanged in E06000002\n");
         }
         other => bail!("subscription did not open: {other:?}"),
     }
 
-    for (who, event) in events() {
+    for (who, identity, event) in events() {
         let kind = event
             .r#type
             .trim_start_matches("crier.events.v1.")
             .to_owned();
         let areas = event.areas.join(",");
+        let as_publisher = creds.acting_as(identity);
+        let mut publisher = PublisherClient::new(as_publisher.channel(&args.producer).await?);
         let response = publisher
-            .publish(PublishRequest { event: Some(event) })
+            .publish(as_publisher.request(PublishRequest { event: Some(event) })?)
             .await
             .map_err(status_error)?
             .into_inner();
@@ -109,6 +111,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "\ncouncil   acknowledged 2 events; the Westminster (E09000033) death was not delivered: outside the filter"
     );
+    println!(
+        "          the deceased's NHS and NI numbers were published but not delivered: agreement DSA-2026-001 does not share `identifiers`"
+    );
     drop(tx);
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
@@ -134,7 +139,7 @@ fn open(name: &str) -> SubscribeRequest {
 }
 
 fn envelope(
-    source: &str,
+    identity: &str,
     subject: &str,
     areas: &[&str],
     data: impl Message,
@@ -142,7 +147,7 @@ fn envelope(
 ) -> Event {
     Event {
         id: uuid::Uuid::new_v4().to_string(),
-        source: source.into(),
+        source: format!("urn:crier:{identity}"),
         r#type: format!("crier.events.v1.{type_name}"),
         subject: subject.into(),
         areas: areas.iter().map(|a| a.to_string()).collect(),
@@ -155,16 +160,23 @@ fn envelope(
     }
 }
 
+const GRO: &str = "uk.gov.gro/death-registration";
+const DVLA: &str = "uk.gov.dvla/licensing";
+
 fn date(year: i32, month: i32, day: i32) -> Option<ev::Date> {
     Some(ev::Date { year, month, day })
 }
 
-fn events() -> Vec<(&'static str, Event)> {
+fn events() -> Vec<(&'static str, &'static str, Event)> {
     let death = ev::DeathRegistered {
         registration_id: "DE-2026-0042317".into(),
         name: Some(ev::PersonName {
             given_names: vec!["Margaret".into(), "Ann".into()],
             family_name: "Hughes".into(),
+        }),
+        identifiers: Some(ev::PersonIdentifiers {
+            nhs_number: "9434765919".into(),
+            national_insurance_number: "QQ123456C".into(),
         }),
         date_of_birth: date(1941, 3, 14),
         date_of_death: date(2026, 11, 22),
@@ -212,8 +224,9 @@ fn events() -> Vec<(&'static str, Event)> {
     vec![
         (
             "GRO",
+            GRO,
             envelope(
-                "urn:crier:uk.gov.gro/death-registration",
+                GRO,
                 "psn:7f3a91c2",
                 &["E06000002"],
                 death,
@@ -222,8 +235,9 @@ fn events() -> Vec<(&'static str, Event)> {
         ),
         (
             "DVLA",
+            DVLA,
             envelope(
-                "urn:crier:uk.gov.dvla/licensing",
+                DVLA,
                 "psn:2b8e4d10",
                 &["E06000003", "E06000002"],
                 moved,
@@ -232,8 +246,9 @@ fn events() -> Vec<(&'static str, Event)> {
         ),
         (
             "GRO",
+            GRO,
             envelope(
-                "urn:crier:uk.gov.gro/death-registration",
+                GRO,
                 "psn:c4d2e8a0",
                 &["E09000033"],
                 elsewhere,

@@ -1,9 +1,12 @@
 //! `crier`: the command people use by hand to publish, subscribe and try the demo.
 
+mod audit;
+mod connect;
 mod demo;
+mod dev;
 mod payload;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use crier_proto::v1::{
     Ack, Classification, Event, Filter, Open, PublishRequest, StartFrom, SubscribeRequest,
@@ -22,6 +25,8 @@ use tokio_stream::StreamExt;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    credentials: connect::Credentials,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,10 +40,18 @@ enum Command {
     Demo(demo::DemoArgs),
     /// List the event types.
     Types,
+    /// Create a development CA, a localhost server certificate, client certificates and a
+    /// token-signing key (for demos and tests, never production).
+    DevCerts(dev::DevCertsArgs),
+    /// Sign a development bearer token (JWT) with a key made by dev-certs.
+    DevToken(dev::DevTokenArgs),
+    /// Check the audit trail, or ask who received events about a subject.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Check a service's gRPC health (exit 0 when SERVING), for scripts and container probes.
     Health {
         /// Service URL, for example http://127.0.0.1:50051.
-        #[arg(default_value = "http://127.0.0.1:50051")]
+        #[arg(default_value = "https://localhost:50051")]
         url: String,
         /// Keep asking until SERVING or this many seconds have passed.
         #[arg(long, default_value_t = 0)]
@@ -52,7 +65,7 @@ struct PublishArgs {
     #[arg(
         long,
         env = "CRIER_PRODUCER_URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://localhost:50051"
     )]
     producer: String,
     /// Event type, for example crier.events.v1.DeathRegistered.
@@ -67,8 +80,8 @@ struct PublishArgs {
     /// The payload in proto3 JSON, for example '{"registrationId":"DE-1"}'.
     #[arg(long)]
     data: String,
-    /// The publishing system (CloudEvents source).
-    #[arg(long, default_value = "urn:crier:cli")]
+    /// The publishing system (CloudEvents source): urn:crier:<your identity>.
+    #[arg(long)]
     source: String,
     /// Event id; a new UUID when absent. Reuse an id to retry safely.
     #[arg(long)]
@@ -87,7 +100,7 @@ struct SubscribeArgs {
     #[arg(
         long,
         env = "CRIER_CONSUMER_URL",
-        default_value = "http://127.0.0.1:50052"
+        default_value = "https://localhost:50052"
     )]
     consumer: String,
     /// Durable subscription name, for example e06000002.revenues.deaths.
@@ -112,11 +125,16 @@ struct SubscribeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Publish(args) => publish(args).await,
-        Command::Subscribe(args) => subscribe(args).await,
-        Command::Demo(args) => demo::run(args).await,
-        Command::Health { url, wait } => health(&url, wait).await,
+    let cli = Cli::parse();
+    let creds = cli.credentials;
+    match cli.command {
+        Command::Publish(args) => publish(args, &creds).await,
+        Command::Subscribe(args) => subscribe(args, &creds).await,
+        Command::Demo(args) => demo::run(args, &creds).await,
+        Command::Health { url, wait } => health(&url, wait, &creds).await,
+        Command::DevCerts(args) => dev::certs(args),
+        Command::DevToken(args) => dev::token(args),
+        Command::Audit(cmd) => audit::run(cmd).await,
         Command::Types => {
             for t in crier_schema::registry::EVENT_TYPES {
                 println!("{t}");
@@ -126,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+async fn publish(args: PublishArgs, creds: &connect::Credentials) -> anyhow::Result<()> {
     let level = if args.sensitive {
         Level::OfficialSensitive
     } else {
@@ -145,12 +163,10 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         correlation_id: args.correlation_id,
         ..Default::default()
     };
-    let mut client = PublisherClient::connect(args.producer.clone())
-        .await
-        .with_context(|| format!("cannot reach the producer at {}", args.producer))?;
+    let mut client = PublisherClient::new(creds.channel(&args.producer).await?);
     let id = event.id.clone();
     let response = client
-        .publish(PublishRequest { event: Some(event) })
+        .publish(creds.request(PublishRequest { event: Some(event) })?)
         .await
         .map_err(status_error)?
         .into_inner();
@@ -165,7 +181,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
+async fn subscribe(args: SubscribeArgs, creds: &connect::Credentials) -> anyhow::Result<()> {
     let start = parse_start(&args.from)?;
     let open = Open {
         subscription: args.name,
@@ -176,16 +192,14 @@ async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         start: Some(start),
         max_in_flight: 0,
     };
-    let mut client = SubscriberClient::connect(args.consumer.clone())
-        .await
-        .with_context(|| format!("cannot reach the consumer at {}", args.consumer))?;
+    let mut client = SubscriberClient::new(creds.channel(&args.consumer).await?);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tx.send(SubscribeRequest {
         request: Some(ClientMsg::Open(open)),
     })
     .await?;
     let mut stream = client
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .subscribe(creds.request(tokio_stream::wrappers::ReceiverStream::new(rx))?)
         .await
         .map_err(status_error)?
         .into_inner();
@@ -220,16 +234,13 @@ async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn health(url: &str, wait_secs: u64) -> anyhow::Result<()> {
+async fn health(url: &str, wait_secs: u64, creds: &connect::Credentials) -> anyhow::Result<()> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
     loop {
-        let answer = match tonic::transport::Endpoint::from_shared(url.to_owned())?
-            .connect()
-            .await
-        {
+        let answer = match creds.channel(url).await {
             Ok(channel) => HealthClient::new(channel)
                 .check(HealthCheckRequest::default())
                 .await

@@ -1,5 +1,7 @@
 //! The consumer's configuration: `crier-consumer.toml`, overridden by `CRIER_*` variables.
 
+use crier_agreements::reload::AgreementsConfig;
+use crier_identity::AuthConfig;
 use crier_kafka::KafkaConfig;
 use crier_runtime::{GrpcConfig, LogConfig, MetricsConfig};
 use serde::Deserialize;
@@ -16,6 +18,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[kafka]`: brokers and topics.
     pub kafka: KafkaConfig,
+    /// `[auth]`: how callers prove who they are.
+    pub auth: AuthConfig,
+    /// `[agreements]`: the data-sharing agreements in force.
+    pub agreements: AgreementsConfig,
     /// `[subscriptions]`: delivery windows and cursor persistence.
     pub subscriptions: SubscriptionsConfig,
 }
@@ -31,6 +37,8 @@ impl Default for Config {
             },
             log: LogConfig::default(),
             kafka: KafkaConfig::default(),
+            auth: AuthConfig::default(),
+            agreements: AgreementsConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
         }
     }

@@ -36,6 +36,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The configuration cannot work (authentication, agreements).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl From<rdkafka::error::KafkaError> for Error {
@@ -54,9 +57,15 @@ pub async fn serve(
     if config.kafka.create_topics {
         crier_kafka::topics::ensure_topics(&config.kafka).await?;
     }
+    let authenticator = crier_identity::Authenticator::new(&config.auth).map_err(Error::Config)?;
+    let tls = crier_identity::tls::server_from(&config.auth).map_err(Error::Config)?;
     // The readers stop after the server, so that closing streams can still save cursors.
     let readers = CancellationToken::new();
     let _stop_readers = readers.clone().drop_guard();
+    let policy = crier_agreements::reload::load_and_watch(&config.agreements, readers.clone())
+        .map_err(Error::Config)?;
+    let (auditor, audit_task) =
+        crier_audit::Auditor::start(&config.kafka, config.kafka.audit_topic.clone())?;
     let live = live::Live::start(
         &config.kafka,
         config.subscriptions.live_buffer,
@@ -70,6 +79,9 @@ pub async fn serve(
     let shared = Shared {
         live,
         store,
+        policy,
+        auditor,
+        registry: crier_schema::Registry::new(),
         kafka: config.kafka.clone(),
         catch_up_slots: Arc::new(Semaphore::new(
             config.subscriptions.max_catch_up_readers.max(1),
@@ -99,13 +111,29 @@ pub async fn serve(
                 .await;
         }
     };
-    tonic::transport::Server::builder()
+    let subscriber = tonic::service::interceptor::InterceptedService::new(
+        SubscriberServer::new(service),
+        authenticator,
+    );
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_optional_service(reflection)
-        .add_service(SubscriberServer::new(service))
+        .add_service(subscriber)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
         .await?;
+    // Sessions are spawned tasks: wait (bounded) for them to save cursors and drop their
+    // Auditor clones, so the audit writer can drain.
+    if tokio::time::timeout(Duration::from_secs(15), audit_task)
+        .await
+        .is_err()
+    {
+        tracing::error!("audit writer did not drain within 15 s");
+    }
     tracing::info!("consumer stopped");
     Ok(())
 }

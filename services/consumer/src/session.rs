@@ -13,12 +13,11 @@
 //! nothing is outstanding), so a crash or disconnect re-delivers exactly the unacknowledged
 //! events, in order.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use crier_agreements::reload::PolicyHandle;
+use crier_audit::{Action, Auditor, Entry};
+use crier_identity::Identity;
 use crier_kafka::KafkaConfig;
 use crier_proto::v1::{
     Delivery, Filter, Position, SubscribeRequest, SubscribeResponse, subscribe_request::Request,
@@ -44,6 +43,9 @@ use crate::{
 pub struct Shared {
     pub live: Arc<Live>,
     pub store: Arc<SubscriptionStore>,
+    pub policy: PolicyHandle,
+    pub auditor: Auditor,
+    pub registry: crier_schema::Registry,
     pub kafka: KafkaConfig,
     pub catch_up_slots: Arc<Semaphore>,
     pub cursor_flush: Duration,
@@ -53,6 +55,7 @@ pub struct Shared {
 /// The state of one stream.
 pub struct Session {
     shared: Shared,
+    caller: Identity,
     sub: StoredSubscription,
     filter: Filter,
     max_in_flight: usize,
@@ -60,7 +63,7 @@ pub struct Session {
     live: broadcast::Receiver<Arc<Record>>,
     catch_up: Option<CatchUp>,
     next: BTreeMap<i32, i64>,
-    unacked: BTreeMap<i32, BTreeSet<i64>>,
+    unacked: BTreeMap<i32, BTreeMap<i64, Delivered>>,
     in_flight: usize,
     joined: BTreeMap<i32, bool>,
     /// Highest live offset per partition that arrived before `next` reached it.
@@ -76,6 +79,15 @@ impl std::fmt::Debug for Session {
             .field("in_flight", &self.in_flight)
             .finish_non_exhaustive()
     }
+}
+
+/// What the audit record of an acknowledgement needs to say.
+#[derive(Clone)]
+struct Delivered {
+    event_id: String,
+    event_type: String,
+    subject: String,
+    agreements: Vec<String>,
 }
 
 struct CatchUp {
@@ -94,6 +106,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: Shared,
+        caller: Identity,
         sub: StoredSubscription,
         live: broadcast::Receiver<Arc<Record>>,
         start: BTreeMap<i32, i64>,
@@ -111,13 +124,14 @@ impl Session {
         };
         Self {
             shared,
+            caller,
             sub,
             filter,
             max_in_flight,
             out,
             live,
             catch_up: None,
-            unacked: start.keys().map(|p| (*p, BTreeSet::new())).collect(),
+            unacked: start.keys().map(|p| (*p, BTreeMap::new())).collect(),
             next: start,
             in_flight: 0,
             joined,
@@ -145,7 +159,7 @@ impl Session {
                 _ = self.shared.shutdown.cancelled() => Step::End(Some(Status::unavailable(
                     "the consumer service is shutting down; reconnect to resume",
                 ))),
-                msg = inbound.message() => self.on_client(msg),
+                msg = inbound.message() => self.on_client(msg).await,
                 _ = flush.tick() => self.save().await,
                 rec = self.live.recv(), if room => self.on_live(rec).await,
                 rec = recv_catch_up(&self.catch_up), if room && self.catch_up.is_some() => {
@@ -164,13 +178,13 @@ impl Session {
         }
     }
 
-    fn on_client(&mut self, msg: Result<Option<SubscribeRequest>, Status>) -> Step {
+    async fn on_client(&mut self, msg: Result<Option<SubscribeRequest>, Status>) -> Step {
         match msg {
             Ok(Some(SubscribeRequest {
                 request: Some(Request::Ack(ack)),
             })) => {
                 for id in &ack.ack_ids {
-                    self.ack(id);
+                    self.ack(id).await;
                 }
                 Step::Continue
             }
@@ -181,7 +195,7 @@ impl Session {
         }
     }
 
-    fn ack(&mut self, ack_id: &str) {
+    async fn ack(&mut self, ack_id: &str) {
         let parsed = ack_id
             .split_once(':')
             .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)));
@@ -189,10 +203,11 @@ impl Session {
             metrics::counter!("crier_unknown_acks_total").increment(1);
             return;
         };
-        if self.unacked.get_mut(&p).is_some_and(|set| set.remove(&o)) {
+        if let Some(done) = self.unacked.get_mut(&p).and_then(|m| m.remove(&o)) {
             self.in_flight -= 1;
             self.dirty = true;
             metrics::counter!("crier_acks_total").increment(1);
+            self.audit(Action::Ack, done, format!("{p}:{o}")).await;
         }
     }
 
@@ -274,11 +289,32 @@ impl Session {
             return Step::Continue;
         };
         let areas = event.areas.iter().map(String::as_str);
-        if !crier_schema::filter::matches(&self.filter, &event.r#type, areas) {
+        if !crier_schema::filter::matches(&self.filter, &event.r#type, areas.clone()) {
             return Step::Continue;
         }
+        // Judged per delivery, so an expired or revoked agreement stops delivery at once.
+        let policy = self.shared.policy.get();
+        let now = crate::subscriber::unix_now();
+        let Some(entitled) = policy.entitlement(self.caller.as_str(), &event.r#type, areas, now)
+        else {
+            metrics::counter!("crier_withheld_total").increment(1);
+            return Step::Continue;
+        };
+        let mut minimised = event.clone();
+        minimised.data = crier_agreements::minimise::minimise(
+            &self.shared.registry,
+            &event.r#type,
+            &event.data,
+            &entitled.fields,
+        );
+        let done = Delivered {
+            event_id: event.id.clone(),
+            event_type: event.r#type.clone(),
+            subject: event.subject.clone(),
+            agreements: entitled.agreements,
+        };
         let delivery = Delivery {
-            event: Some(event.clone()),
+            event: Some(minimised),
             position: Some(Position {
                 topic: self.shared.live.topic().to_owned(),
                 partition: p,
@@ -286,7 +322,9 @@ impl Session {
             }),
             ack_id: format!("{p}:{}", rec.offset),
         };
-        self.unacked.entry(p).or_default().insert(rec.offset);
+        self.audit(Action::Deliver, done.clone(), format!("{p}:{}", rec.offset))
+            .await;
+        self.unacked.entry(p).or_default().insert(rec.offset, done);
         self.in_flight += 1;
         metrics::counter!("crier_deliveries_total").increment(1);
         let response = SubscribeResponse {
@@ -298,12 +336,28 @@ impl Session {
         Step::Continue
     }
 
+    async fn audit(&self, action: Action, what: Delivered, position: String) {
+        self.shared
+            .auditor
+            .record(Entry {
+                action: Some(action),
+                actor: self.caller.to_string(),
+                subscription: self.sub.name.clone(),
+                event_id: what.event_id,
+                event_type: what.event_type,
+                subject: what.subject,
+                agreements: what.agreements,
+                detail: position,
+            })
+            .await;
+    }
+
     /// The cursor to store: per partition, the first unacknowledged offset.
     fn cursor(&self) -> BTreeMap<i32, i64> {
         self.next
             .iter()
             .map(|(p, next)| {
-                let first_unacked = self.unacked.get(p).and_then(|s| s.first().copied());
+                let first_unacked = self.unacked.get(p).and_then(|m| m.keys().next().copied());
                 (*p, first_unacked.unwrap_or(*next))
             })
             .collect()

@@ -29,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 pub struct StoredSubscription {
     /// The subscription's name (also the record key).
     pub name: String,
+    /// The identity that created it, and alone may open it.
+    #[serde(default)]
+    pub owner: String,
     /// Event types it receives (canonical order).
     pub event_types: Vec<String>,
     /// Areas it receives; empty for all (canonical order).

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use crier_audit::{Action, Entry};
 use crier_proto::v1::{
     Filter, Open, Opened, SubscribeRequest, SubscribeResponse, start_from::From as StartAt,
     subscribe_request::Request as ClientMsg, subscribe_response::Response as ServerMsg,
@@ -132,6 +133,13 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Seconds since the Unix epoch, the clock agreements are judged by.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("Kafka is unavailable ({e}); reconnect to retry"))
 }
@@ -144,6 +152,7 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = crier_identity::caller(&request)?;
         if self.shared.shutdown.is_cancelled() {
             return Err(Status::unavailable("the consumer service is shutting down"));
         }
@@ -167,6 +176,25 @@ impl Subscriber for SubscriberService {
         };
         let (wanted, max_in_flight) = self.check_open(&open)?;
         let name = open.subscription.clone();
+        let now = unix_now();
+        if let Err(denied) = self.shared.policy.get().may_subscribe(
+            caller.as_str(),
+            &wanted.event_types,
+            &wanted.areas,
+            now,
+        ) {
+            self.shared
+                .auditor
+                .record(Entry {
+                    action: Some(Action::Deny),
+                    actor: caller.to_string(),
+                    subscription: name.clone(),
+                    detail: denied.0.clone(),
+                    ..Default::default()
+                })
+                .await;
+            return Err(Status::permission_denied(denied.0));
+        }
 
         if !self
             .active
@@ -188,6 +216,15 @@ impl Subscriber for SubscriberService {
         let live = self.shared.live.subscribe();
         let marks = self.shared.live.watermarks().await.map_err(unavailable)?;
         let stored = self.shared.store.get(&name).await.map_err(unavailable)?;
+        if let Some(existing) = stored
+            .as_ref()
+            .filter(|s| !s.owner.is_empty() && s.owner != caller.as_str())
+        {
+            return Err(Status::permission_denied(format!(
+                "subscription '{name}' belongs to {}; choose another name",
+                existing.owner
+            )));
+        }
         if let Some(existing) = &stored
             && (existing.event_types != wanted.event_types || existing.areas != wanted.areas)
         {
@@ -202,6 +239,7 @@ impl Subscriber for SubscriberService {
         let created = stored.is_none();
         let sub = StoredSubscription {
             name: name.clone(),
+            owner: caller.to_string(),
             event_types: wanted.event_types.clone(),
             areas: wanted.areas.clone(),
             cursor: start.clone(),
@@ -228,6 +266,7 @@ impl Subscriber for SubscriberService {
         let high = marks.iter().map(|(p, m)| (*p, m.1)).collect();
         let session = Session::new(
             self.shared.clone(),
+            caller,
             sub,
             live,
             start,

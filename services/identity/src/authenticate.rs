@@ -47,7 +47,9 @@ impl Authenticator {
                 let (algorithm, key) = match j.algorithm.as_str() {
                     "ES256" => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)),
                     "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)),
-                    other => return Err(format!("auth.jwt.algorithm '{other}': use ES256 or RS256")),
+                    other => {
+                        return Err(format!("auth.jwt.algorithm '{other}': use ES256 or RS256"));
+                    }
                 };
                 let key = key.map_err(|e| format!("{}: {e}", j.public_key.display()))?;
                 let mut validation = Validation::new(algorithm);
@@ -77,23 +79,22 @@ impl Authenticator {
     /// The caller's identity, or why not.
     pub fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
         if let Some(token) = bearer(request)? {
-            return self.from_token(token);
+            return self.identify_token(token);
         }
-        if self.inner.mtls {
-            if let Some(certs) = request.peer_certs() {
-                if let Some(leaf) = certs.first() {
-                    return self.from_certificate(leaf.as_ref());
-                }
-            }
+        let leaf = request.peer_certs().and_then(|certs| certs.first().cloned());
+        if let (true, Some(leaf)) = (self.inner.mtls, leaf) {
+            return self.identify_certificate(leaf.as_ref());
         }
         Err(Status::unauthenticated(
             "no credentials: present a client certificate or an `authorization: Bearer <JWT>` header",
         ))
     }
 
-    fn from_token(&self, token: &str) -> Result<Identity, Status> {
+    fn identify_token(&self, token: &str) -> Result<Identity, Status> {
         let Some((key, validation)) = &self.inner.jwt else {
-            return Err(Status::unauthenticated("bearer tokens are not accepted here"));
+            return Err(Status::unauthenticated(
+                "bearer tokens are not accepted here",
+            ));
         };
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| Status::unauthenticated(format!("invalid bearer token: {e}")))?;
@@ -105,7 +106,7 @@ impl Authenticator {
         })
     }
 
-    fn from_certificate(&self, der: &[u8]) -> Result<Identity, Status> {
+    fn identify_certificate(&self, der: &[u8]) -> Result<Identity, Status> {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|_| Status::unauthenticated("client certificate does not parse"))?;
         let prefix = format!("spiffe://{}/", self.inner.trust_domain);
@@ -143,7 +144,9 @@ fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Status> {
                 .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
             v.strip_prefix("Bearer ")
                 .map(|t| Some(t.trim()))
-                .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <JWT>`"))
+                .ok_or_else(|| {
+                    Status::unauthenticated("authorization header must be `Bearer <JWT>`")
+                })
         }
     }
 }

@@ -47,7 +47,10 @@ impl DevCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("Crier development CA ({trust_domain})"));
+        dn.push(
+            DnType::CommonName,
+            format!("Crier development CA ({trust_domain})"),
+        );
         params.distinguished_name = dn;
         let key = KeyPair::generate().map_err(err)?;
         let cert = params.self_signed(&key).map_err(err)?;
@@ -66,7 +69,8 @@ impl DevCa {
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, names: &[&str]) -> Result<Issued, String> {
         let mut params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map_err(err)?;
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .map_err(err)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params, names.first().copied().unwrap_or("server"))
     }
@@ -101,7 +105,13 @@ pub fn token_keys() -> Result<(String, String), String> {
 }
 
 /// A signed ES256 token for `sub`, valid for `ttl`.
-pub fn token(private_pem: &str, issuer: &str, audience: &str, sub: &str, ttl: Duration) -> Result<String, String> {
+pub fn token(
+    private_pem: &str,
+    issuer: &str,
+    audience: &str,
+    sub: &str,
+    ttl: Duration,
+) -> Result<String, String> {
     #[derive(serde::Serialize)]
     struct Claims<'a> {
         iss: &'a str,
@@ -110,7 +120,10 @@ pub fn token(private_pem: &str, issuer: &str, audience: &str, sub: &str, ttl: Du
         exp: u64,
         iat: u64,
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(err)?.as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(err)?
+        .as_secs();
     let key = jsonwebtoken::EncodingKey::from_ec_pem(private_pem.as_bytes()).map_err(err)?;
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
@@ -134,7 +147,11 @@ pub fn file_stem(identity: &str) -> String {
 /// Writes a complete development PKI into `dir`: `ca.pem`, `server.pem`/`server.key`
 /// (localhost, 127.0.0.1), `<identity>.pem`/`.key` per identity, and
 /// `token-signing.key`/`token-signing.pub.pem`. Returns the files written.
-pub fn write_pki(dir: &Path, trust_domain: &str, identities: &[String]) -> Result<Vec<PathBuf>, String> {
+pub fn write_pki(
+    dir: &Path,
+    trust_domain: &str,
+    identities: &[String],
+) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let ca = DevCa::new(trust_domain)?;
     let mut files = Vec::new();

@@ -29,7 +29,9 @@ impl Identity {
     /// Parses `<organisation>/<system>`, each part non-empty from `[A-Za-z0-9.-]`.
     pub fn parse(s: &str) -> Option<Self> {
         let ok = |p: &str| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
         };
         match s.split_once('/') {
             Some((org, system)) if ok(org) && ok(system) => Some(Self(s.to_owned())),

@@ -24,9 +24,22 @@ pub fn server_config(tls: &TlsConfig, tokens_accepted: bool) -> Result<ServerTls
 }
 
 /// The client side: trust `ca`, present `cert`/`key`.
-pub fn client_config(ca: &Path, cert: &Path, key: &Path, domain: &str) -> Result<ClientTlsConfig, String> {
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    domain: &str,
+) -> Result<ClientTlsConfig, String> {
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca)?))
         .identity(TlsIdentity::from_pem(read(cert)?, read(key)?))
         .domain_name(domain))
+}
+
+/// The gRPC server's TLS settings from `[auth]`, if it terminates TLS itself.
+pub fn server_from(auth: &crate::AuthConfig) -> Result<Option<ServerTlsConfig>, String> {
+    auth.tls
+        .as_ref()
+        .map(|tls| server_config(tls, auth.jwt.is_some()))
+        .transpose()
 }

@@ -20,32 +20,25 @@ use crate::{Error, KafkaConfig, Result};
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = config.admin().create()?;
     let replication = || TopicReplication::Fixed(config.replication_factor);
-    let events = NewTopic::new(&config.events_topic, config.partitions, replication()).set(
-        "min.insync.replicas",
-        if config.replication_factor > 1 {
-            "2"
-        } else {
-            "1"
-        },
-    );
+    // With replicas, acks=all must mean at least two copies.
+    let min_isr = if config.replication_factor > 1 {
+        "2"
+    } else {
+        "1"
+    };
+    let events = NewTopic::new(&config.events_topic, config.partitions, replication())
+        .set("min.insync.replicas", min_isr);
     let subscriptions = NewTopic::new(&config.subscriptions_topic, 1, replication())
         .set("cleanup.policy", "compact")
-        .set(
-            "min.insync.replicas",
-            if config.replication_factor > 1 {
-                "2"
-            } else {
-                "1"
-            },
-        );
+        .set("min.insync.replicas", min_isr);
     let audit = NewTopic::new(&config.audit_topic, 1, replication())
         .set("cleanup.policy", "delete")
         .set("retention.ms", "-1")
         .set("retention.bytes", "-1")
-        .set("min.insync.replicas", if config.replication_factor > 1 { "2" } else { "1" });
+        .set("min.insync.replicas", min_isr);
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
-        .create_topics([&events, &subscriptions], &opts)
+        .create_topics([&events, &subscriptions, &audit], &opts)
         .await?;
     for result in results {
         match result {

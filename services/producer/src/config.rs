@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crier_identity::AuthConfig;
 use crier_kafka::KafkaConfig;
 use crier_runtime::{GrpcConfig, LogConfig, MetricsConfig};
 use serde::Deserialize;
@@ -18,6 +19,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[kafka]`: brokers, topics and durability.
     pub kafka: KafkaConfig,
+    /// `[auth]`: how callers prove who they are.
+    pub auth: AuthConfig,
+    /// `[agreements]`: the data-sharing agreements in force.
+    pub agreements: crier_agreements::reload::AgreementsConfig,
     /// `[limits]`: bounds on what one request may carry.
     pub limits: Limits,
     /// `[dedup]`: how retried publishes are recognised.
@@ -37,6 +42,8 @@ impl Default for Config {
             },
             log: LogConfig::default(),
             kafka: KafkaConfig::default(),
+            auth: AuthConfig::default(),
+            agreements: Default::default(),
             limits: Limits::default(),
             dedup: DedupConfig::default(),
             shutdown: ShutdownConfig::default(),

@@ -29,6 +29,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The configuration cannot work (authentication, agreements).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Runs the producer service on `listener` until `shutdown` is cancelled, then stops taking
@@ -41,6 +44,15 @@ pub async fn serve(
     if config.kafka.create_topics {
         crier_kafka::topics::ensure_topics(&config.kafka).await?;
     }
+    let authenticator = crier_identity::Authenticator::new(&config.auth).map_err(Error::Config)?;
+    let tls = crier_identity::tls::server_from(&config.auth).map_err(Error::Config)?;
+    let stop_watching = CancellationToken::new();
+    let _stop_watching = stop_watching.clone().drop_guard();
+    let policy = crier_agreements::reload::load_and_watch(&config.agreements, stop_watching)
+        .map_err(Error::Config)?;
+    let (auditor, audit_task) =
+        crier_audit::Auditor::start(&config.kafka, config.kafka.audit_topic.clone())
+            .map_err(crier_kafka::Error::from)?;
     let producer: FutureProducer = config
         .kafka
         .producer()
@@ -48,6 +60,8 @@ pub async fn serve(
         .map_err(crier_kafka::Error::from)?;
     let service = PublisherService::new(
         producer.clone(),
+        policy,
+        auditor,
         config.kafka.events_topic.clone(),
         config.limits.clone(),
         Dedup::new(config.dedup.window(), config.dedup.capacity),
@@ -71,6 +85,7 @@ pub async fn serve(
     let max_message = (config.limits.max_event_bytes * config.limits.max_batch_events.max(1))
         .clamp(4 * 1024 * 1024, 64 * 1024 * 1024);
     let publisher = PublisherServer::new(service).max_decoding_message_size(max_message);
+    let publisher = tonic::service::interceptor::InterceptedService::new(publisher, authenticator);
     tracing::info!(listen = ?listener.local_addr().ok(), topic = %config.kafka.events_topic, "producer serving");
 
     let draining = {
@@ -83,13 +98,24 @@ pub async fn serve(
                 .await;
         }
     };
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(publisher)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
         .await?;
 
+    // The server (and with it every Auditor clone) is gone: the audit writer drains.
+    if tokio::time::timeout(Duration::from_secs(15), audit_task)
+        .await
+        .is_err()
+    {
+        tracing::error!("audit writer did not drain within 15 s");
+    }
     let timeout = Duration::from_secs(config.shutdown.flush_timeout_secs);
     let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
     match flushed {

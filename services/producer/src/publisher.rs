@@ -1,4 +1,5 @@
-//! The Publisher gRPC service: validate, deduplicate, write to Kafka, answer.
+//! The Publisher gRPC service: validate, authorise, deduplicate, write to Kafka, audit,
+//! answer.
 //!
 //! The invariant: OK is returned only after Kafka has acknowledged the record with acks=all.
 //! Every other outcome is an error the client can act on (fix the input, or retry with the
@@ -6,6 +7,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crier_agreements::reload::PolicyHandle;
+use crier_audit::{Action, Auditor, Entry};
+use crier_identity::Identity;
 use crier_kafka::cloudevents;
 use crier_proto::v1::{
     Event, Position, PublishBatchRequest, PublishBatchResponse, PublishError, PublishRequest,
@@ -35,6 +39,8 @@ pub struct PublisherService {
 
 struct Inner {
     producer: FutureProducer,
+    policy: PolicyHandle,
+    auditor: Auditor,
     topic: String,
     registry: Registry,
     limits: Limits,
@@ -43,9 +49,13 @@ struct Inner {
 }
 
 impl PublisherService {
-    /// A service writing to `topic` through `producer`.
+    /// A service writing to `topic` through `producer`, allowing what `policy` allows and
+    /// recording to `auditor`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         producer: FutureProducer,
+        policy: PolicyHandle,
+        auditor: Auditor,
         topic: String,
         limits: Limits,
         dedup: Dedup,
@@ -54,6 +64,8 @@ impl PublisherService {
         Self {
             inner: Arc::new(Inner {
                 producer,
+                policy,
+                auditor,
                 topic,
                 registry: Registry::new(),
                 limits,
@@ -74,9 +86,13 @@ impl std::fmt::Debug for Inner {
 
 impl Inner {
     /// Publishes one event end to end. Never returns Ok before Kafka has acknowledged.
-    async fn publish(&self, event: Option<Event>) -> Result<PublishResponse, Status> {
+    async fn publish(
+        &self,
+        caller: &Identity,
+        event: Option<Event>,
+    ) -> Result<PublishResponse, Status> {
         let started = std::time::Instant::now();
-        let result = self.publish_inner(event).await;
+        let result = self.publish_inner(caller, event).await;
         let outcome = match &result {
             Ok(r) if r.duplicate => "duplicate",
             Ok(_) => "ok",
@@ -87,9 +103,30 @@ impl Inner {
         result
     }
 
-    async fn publish_inner(&self, event: Option<Event>) -> Result<PublishResponse, Status> {
+    async fn publish_inner(
+        &self,
+        caller: &Identity,
+        event: Option<Event>,
+    ) -> Result<PublishResponse, Status> {
         let mut event = event.ok_or_else(|| Invalid::new("event", "required"))?;
         validate_event(&self.registry, &event, self.limits.max_event_bytes)?;
+        let agreements = match self.authorise(caller, &event) {
+            Ok(agreements) => agreements,
+            Err(reason) => {
+                self.auditor
+                    .record(Entry {
+                        action: Some(Action::Deny),
+                        actor: caller.to_string(),
+                        event_id: event.id.clone(),
+                        event_type: event.r#type.clone(),
+                        subject: event.subject.clone(),
+                        detail: reason.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                return Err(Status::permission_denied(reason));
+            }
+        };
         normalize(&mut event, now());
         loop {
             match self.dedup.claim(&event.source, &event.id) {
@@ -109,6 +146,21 @@ impl Inner {
             Ok(position) => {
                 self.dedup
                     .complete(&event.source, &event.id, position.clone());
+                self.auditor
+                    .record(Entry {
+                        action: Some(Action::Publish),
+                        actor: caller.to_string(),
+                        event_id: event.id.clone(),
+                        event_type: event.r#type.clone(),
+                        subject: event.subject.clone(),
+                        agreements,
+                        detail: format!(
+                            "{}[{}]@{}",
+                            position.topic, position.partition, position.offset
+                        ),
+                        ..Default::default()
+                    })
+                    .await;
                 Ok(PublishResponse {
                     position: Some(position),
                     duplicate: false,
@@ -119,6 +171,25 @@ impl Inner {
                 Err(status)
             }
         }
+    }
+
+    /// The agreements under which `caller` may publish `event`, or why not. The source
+    /// must be the caller's own, so no publisher can speak for another.
+    fn authorise(&self, caller: &Identity, event: &Event) -> Result<Vec<String>, String> {
+        let own = caller.source();
+        if event.source != own {
+            return Err(format!(
+                "event.source: '{}' is not yours; you are authenticated as {caller}, so the source must be '{own}'",
+                event.source
+            ));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.policy
+            .get()
+            .may_publish(caller.as_str(), &event.r#type, now)
+            .map_err(|d| d.0)
     }
 
     async fn write(&self, event: &Event) -> Result<Position, Status> {
@@ -170,6 +241,7 @@ fn code_label(code: Code) -> &'static str {
         Code::InvalidArgument => "invalid_argument",
         Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "deadline_exceeded",
+        Code::PermissionDenied => "permission_denied",
         _ => "error",
     }
 }
@@ -184,14 +256,16 @@ impl Publisher for PublisherService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
+        let caller = crier_identity::caller(&request)?;
         let event = request.into_inner().event;
-        self.inner.publish(event).await.map(Response::new)
+        self.inner.publish(&caller, event).await.map(Response::new)
     }
 
     async fn publish_batch(
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
+        let caller = crier_identity::caller(&request)?;
         let events = request.into_inner().events;
         if events.is_empty() {
             return Err(Invalid::new("events", "at least one event is required").into());
@@ -206,10 +280,10 @@ impl Publisher for PublisherService {
         }
         // All writes are in flight together; results come back in request order.
         let results = futures::future::join_all(events.into_iter().enumerate().map(|(i, e)| {
-            let inner = &self.inner;
+            let (inner, caller) = (&self.inner, &caller);
             async move {
                 let id = e.id.clone();
-                let outcome = match inner.publish(Some(e)).await {
+                let outcome = match inner.publish(caller, Some(e)).await {
                     Ok(accepted) => Outcome::Accepted(accepted),
                     Err(status) => Outcome::Error(batch_error(i, &status)),
                 };
