@@ -16,10 +16,10 @@
 //! Read amplification compares what the consumer process received from the broker with what
 //! the producer process sent to it over the same interval, both from the kernel's TCP
 //! counters sampled every 250 ms (see `probe.rs`): compressed record batches on both sides,
-//! so like is compared with like, and independent of Crier's own counters. Two other
-//! figures are reported beside it: the consumer's `rchar` (every byte it read through any
-//! system call: an upper bound) over the same denominator, and Crier's own
-//! `crier_live_bytes_total` over the payload bytes published (blind to catch-up readers).
+//! so like is compared with like, and independent of Crier's own counters. Crier's own
+//! `crier_live_bytes_total` over the payload bytes published is reported beside it; it is
+//! blind to catch-up readers. (`/proc/<pid>/io` `rchar` cannot stand in: librdkafka reads
+//! with `recvmsg`, which `rchar` does not count.)
 
 use std::{
     sync::{
@@ -61,8 +61,6 @@ pub(crate) struct E2e {
     pub(crate) wire_note: String,
     /// `crier_live_bytes_total` over payload bytes published.
     pub(crate) read_amplification_counter: f64,
-    /// Consumer `rchar` (every byte it read, Kafka or not) over producer bytes sent.
-    pub(crate) read_amplification_rchar: Option<f64>,
     pub(crate) catch_up_readers: f64,
     pub(crate) lagged: f64,
 }
@@ -182,7 +180,6 @@ pub(crate) async fn run(
     let metrics_before = probe::scrape(consumer.metrics_addr())
         .await
         .unwrap_or_default();
-    let rchar_before = probe::io_chars(consumer.pid()).ok();
     let sampling = CancellationToken::new();
     let sampler = tokio::spawn(sample_wire(kafka_port, sampling.clone()));
     let channels = client::channels(&producer.url(), plan.connections).await?;
@@ -243,7 +240,6 @@ pub(crate) async fn run(
     let drain_time = drain_started.elapsed();
     sampling.cancel();
     let wire = sampler.await?;
-    let rchar_after = probe::io_chars(consumer.pid()).ok();
     let metrics_after = probe::scrape(consumer.metrics_addr())
         .await
         .unwrap_or_default();
@@ -269,34 +265,23 @@ pub(crate) async fn run(
     let payload = tracker.payload_bytes.load(Ordering::Relaxed) as f64;
     let counter =
         |name: &str| probe::counter(&metrics_after, name) - probe::counter(&metrics_before, name);
-    let (read_amplification_wire, read_amplification_rchar, wire_note) = match wire {
+    let (read_amplification_wire, wire_note) = match wire {
         Ok(tracker) => {
             let (p, c) = (
                 tracker.traffic(producer.pid()),
                 tracker.traffic(consumer.pid()),
             );
-            let rchar = match (rchar_before, rchar_after) {
-                (Some(a), Some(b)) => Some(b.0 - a.0),
-                _ => None,
-            };
-            let ratio = |n: u64| (p.sent > 0).then(|| n as f64 / p.sent as f64);
             (
-                ratio(c.received),
-                rchar.and_then(ratio),
+                (p.sent > 0).then(|| c.received as f64 / p.sent as f64),
                 format!(
-                    "consumer received {} B from Kafka (rchar {}), producer sent {} B to Kafka, \
-                     payload published {} B; consumer connections to Kafka opened {} and closed \
-                     {} during the phase",
-                    c.received,
-                    rchar.map_or("n/a".into(), |r| r.to_string()),
-                    p.sent,
-                    payload as u64,
-                    c.opened,
-                    c.closed
+                    "consumer received {} B from Kafka, producer sent {} B to Kafka, payload \
+                     published {} B; consumer connections to Kafka opened {} and closed {} \
+                     during the phase",
+                    c.received, p.sent, payload as u64, c.opened, c.closed
                 ),
             )
         }
-        Err(e) => (None, None, format!("wire bytes not measured: {e:#}")),
+        Err(e) => (None, format!("wire bytes not measured: {e:#}")),
     };
     let delivered = stats.deliveries.load(Ordering::Relaxed);
     let duplicates = tracker.duplicates.load(Ordering::Relaxed);
@@ -319,7 +304,6 @@ pub(crate) async fn run(
         } else {
             0.0
         },
-        read_amplification_rchar,
         catch_up_readers: counter("crier_catch_up_readers_total"),
         lagged: counter("crier_live_lagged_total"),
     })

@@ -213,22 +213,6 @@ fn parse_ss(text: &str) -> KafkaBytes {
     KafkaBytes { sockets }
 }
 
-/// Bytes `pid` has read (`rchar`) and written (`wchar`) through any system call, from
-/// `/proc/<pid>/io`: sockets, pipes, eventfds and files alike.
-pub(crate) fn io_chars(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .with_context(|| format!("cannot read /proc/{pid}/io"))?;
-    let get = |key: &str| -> anyhow::Result<u64> {
-        io.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .context("field missing")?
-            .trim()
-            .parse()
-            .context("not a number")
-    };
-    Ok((get("rchar:")?, get("wchar:")?))
-}
-
 /// CPU time used so far by the whole machine and by some processes.
 #[derive(Debug, Clone)]
 pub(crate) struct Cpu {

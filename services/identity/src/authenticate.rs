@@ -81,7 +81,9 @@ impl Authenticator {
         if let Some(token) = bearer(request)? {
             return self.identify_token(token);
         }
-        let leaf = request.peer_certs().and_then(|certs| certs.first().cloned());
+        let leaf = request
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned());
         if let (true, Some(leaf)) = (self.inner.mtls, leaf) {
             return self.identify_certificate(leaf.as_ref());
         }
