@@ -31,6 +31,8 @@ export CRIER_TEST_KAFKA="$(deploy/kafka.sh bootstrap)"
 say "tests (cargo test --workspace) against Kafka at $CRIER_TEST_KAFKA"
 log=.cache/test-output.log
 mkdir -p .cache
+# The fault suite runs the service binaries as child processes.
+cargo build --bins --locked
 set +e
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -5,6 +5,9 @@
 //! agreements written per test (or the permissive [`OPEN_AGREEMENTS`]).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod load;
+pub mod process;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},

@@ -60,10 +60,10 @@ pub(crate) async fn run(kafka: &KafkaConfig, plan: &Plan, pool: &Pool) -> anyhow
                 Err(_) => break,
             }
         }
-        if in_flight.len() >= MAX_IN_FLIGHT / 2 {
-            if let Some(r) = in_flight.next().await {
-                settle(r, &outcomes);
-            }
+        if in_flight.len() >= MAX_IN_FLIGHT / 2
+            && let Some(r) = in_flight.next().await
+        {
+            settle(r, &outcomes);
         }
         while let Some(Some(r)) = futures::FutureExt::now_or_never(in_flight.next()) {
             settle(r, &outcomes);

@@ -109,10 +109,21 @@ pub(crate) struct Traffic {
 /// churn, exact when they do not.
 #[derive(Debug, Default)]
 pub(crate) struct WireTracker {
-    /// local address → (pid, counted from (rx, tx), last seen (rx, tx), opened later).
-    sockets: HashMap<String, (u32, (u64, u64), (u64, u64), bool)>,
+    /// local address → the connection.
+    sockets: HashMap<String, Followed>,
     latest: Vec<String>,
     samples: usize,
+}
+
+/// One connection as followed by [`WireTracker`].
+#[derive(Debug)]
+struct Followed {
+    pid: u32,
+    /// (rx, tx) it is counted from: its value at the first sample, or zero if it opened later.
+    from: (u64, u64),
+    /// (rx, tx) at its last sample.
+    last: (u64, u64),
+    opened_later: bool,
 }
 
 impl WireTracker {
@@ -122,13 +133,13 @@ impl WireTracker {
         let first_sample = self.samples == 0;
         for (local, (pid, rx, tx)) in &snapshot.sockets {
             let start = if first_sample { (*rx, *tx) } else { (0, 0) };
-            let entry = self.sockets.entry(local.clone()).or_insert((
-                *pid,
-                start,
-                (*rx, *tx),
-                !first_sample,
-            ));
-            entry.2 = (*rx, *tx);
+            let entry = self.sockets.entry(local.clone()).or_insert(Followed {
+                pid: *pid,
+                from: start,
+                last: (*rx, *tx),
+                opened_later: !first_sample,
+            });
+            entry.last = (*rx, *tx);
         }
         self.latest = snapshot.sockets.keys().cloned().collect();
         self.samples += 1;
@@ -137,13 +148,13 @@ impl WireTracker {
     /// What process `pid` exchanged with the broker over the tracked interval.
     pub(crate) fn traffic(&self, pid: u32) -> Traffic {
         let mut t = Traffic::default();
-        for (local, (owner, first, last, later)) in &self.sockets {
-            if *owner != pid {
+        for (local, c) in &self.sockets {
+            if c.pid != pid {
                 continue;
             }
-            t.received += last.0.saturating_sub(first.0);
-            t.sent += last.1.saturating_sub(first.1);
-            if *later {
+            t.received += c.last.0.saturating_sub(c.from.0);
+            t.sent += c.last.1.saturating_sub(c.from.1);
+            if c.opened_later {
                 t.opened += 1;
             }
             if !self.latest.contains(local) {

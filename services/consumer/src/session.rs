@@ -394,7 +394,7 @@ impl Session {
             .acquire_owned()
             .await
             .map_err(|_| KafkaError::Canceled)?;
-        let consumer: StreamConsumer = self.shared.kafka.reader().create()?;
+        let consumer: StreamConsumer = self.shared.kafka.catch_up_reader().create()?;
         let mut tpl = TopicPartitionList::new();
         for (p, joined) in &self.joined {
             if !joined {

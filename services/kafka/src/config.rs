@@ -81,11 +81,19 @@ impl KafkaConfig {
         c.set("group.id", "crier-reader-unused")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
+            .set("enable.partition.eof", "false")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "10")
             .set("session.timeout.ms", "10000")
             .set("queued.max.messages.kbytes", "16384");
+        self.with_overrides(c)
+    }
+
+    /// A [`reader`](Self::reader) that reports reaching the end of each partition, for
+    /// readers that must know when they have caught up.
+    pub fn catch_up_reader(&self) -> ClientConfig {
+        let mut c = self.reader();
+        c.set("enable.partition.eof", "true");
         self.with_overrides(c)
     }
 

@@ -16,6 +16,23 @@ use rdkafka::{
 
 use crate::{Error, KafkaConfig, Result};
 
+/// Creates the events, subscriptions and audit topics if they do not exist yet, retrying
+/// for up to `wait` while Kafka is unreachable or still electing leaders (a service started
+/// alongside its broker should wait for it, not crash).
+pub async fn ensure_topics_within(config: &KafkaConfig, wait: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match ensure_topics(config).await {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "Kafka not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Creates the events, subscriptions and audit topics if they do not exist yet.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = config.admin().create()?;

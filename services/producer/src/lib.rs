@@ -42,7 +42,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     if config.kafka.create_topics {
-        crier_kafka::topics::ensure_topics(&config.kafka).await?;
+        crier_kafka::topics::ensure_topics_within(&config.kafka, Duration::from_secs(60)).await?;
     }
     let authenticator = crier_identity::Authenticator::new(&config.auth).map_err(Error::Config)?;
     let tls = crier_identity::tls::server_from(&config.auth).map_err(Error::Config)?;

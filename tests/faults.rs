@@ -1,0 +1,265 @@
+//! The fault suite: the service binaries run as child processes, faults are real (`kill -9`,
+//! the broker stopped by `deploy/kafka.sh`), and after each one the checker compares what
+//! Publish acknowledged with what the subscription received. Sizes come from
+//! `CRIER_FAULTS_CITIZENS` × `CRIER_FAULTS_PER_CITIZEN` (CI uses the small defaults).
+//! Run with `cargo build --bins && cargo test --test faults -- --nocapture`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use crier_tests::{
+    OPEN_AGREEMENTS, agreements_file, kafka_config,
+    load::{Collector, check, publish_load, size},
+    process::{Broker, Kind, ServiceProcess},
+};
+
+/// Unacknowledged deliveries allowed per stream in these tests: the bound on what one
+/// consumer crash or disconnect can deliver twice (plus what was acked in the last
+/// cursor flush, 200 ms).
+const WINDOW: u32 = 32;
+const GIVE_UP: Duration = Duration::from_secs(60);
+
+fn logs() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("crier-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn services(kafka: &crier_kafka::KafkaConfig) -> (ServiceProcess, ServiceProcess) {
+    let policy = agreements_file("faults", OPEN_AGREEMENTS);
+    (
+        ServiceProcess::start(Kind::Producer, kafka, &policy, &logs()),
+        ServiceProcess::start(Kind::Consumer, kafka, &policy, &logs()),
+    )
+}
+
+/// Waits for a subscription to be open before load starts (a new subscription starts at
+/// "now"), by letting the collector connect.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_producer_under_load_loses_nothing_it_acknowledged() {
+    let kafka = kafka_config("kill-producer");
+    let (mut producer, consumer) = services(&kafka);
+    let sub = Collector::start(
+        vec![consumer.url()],
+        "faults.kill-producer",
+        WINDOW,
+        true,
+        Duration::ZERO,
+    );
+    settle().await;
+    let (citizens, per) = size();
+    let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    producer.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    producer.restart();
+    let outcome = load.await.unwrap();
+    assert!(
+        sub.wait_for(outcome.acked.len(), Duration::from_secs(60))
+            .await
+    );
+    let report = check("kill -9 producer", &outcome, &sub.stop().await);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.order_violations, 0);
+    // A publish in flight at the kill may have been written before its answer was lost;
+    // its retry reaches a restarted producer, which has forgotten it: at most one per publisher.
+    assert!(report.duplicated <= citizens, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_consumer_mid_stream_redelivers_and_loses_nothing() {
+    let kafka = kafka_config("kill-consumer");
+    let (producer, mut consumer) = services(&kafka);
+    let sub = Collector::start(
+        vec![consumer.url()],
+        "faults.kill-consumer",
+        WINDOW,
+        true,
+        Duration::from_millis(2),
+    );
+    settle().await;
+    let (citizens, per) = size();
+    let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    consumer.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    consumer.restart();
+    let outcome = load.await.unwrap();
+    assert!(
+        sub.wait_for(outcome.acked.len(), Duration::from_secs(60))
+            .await
+    );
+    let seen = sub.stop().await;
+    let report = check("kill -9 consumer", &outcome, &seen);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.order_violations, 0);
+    let flush_window = seen.len() / 10 + 1;
+    assert!(
+        report.duplicated <= WINDOW as usize + flush_window,
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_fails_publishes_cleanly_and_everything_acknowledged_arrives_after() {
+    let broker = Broker::start("outage");
+    let mut kafka = kafka_config("broker-outage");
+    kafka.bootstrap_servers = broker.bootstrap();
+    kafka.delivery_timeout_ms = 3000;
+    let (producer, consumer) = services(&kafka);
+    let sub = Collector::start(
+        vec![consumer.url()],
+        "faults.broker",
+        WINDOW,
+        true,
+        Duration::ZERO,
+    );
+    settle().await;
+    let (citizens, per) = size();
+    let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker.restart();
+    let outcome = load.await.unwrap();
+    assert!(
+        sub.wait_for(outcome.acked.len(), Duration::from_secs(90))
+            .await
+    );
+    let report = check("broker stopped 5 s", &outcome, &sub.stop().await);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.order_violations, 0);
+    assert_eq!(
+        report.acknowledged, report.published,
+        "every publish succeeded once the broker was back"
+    );
+    assert!(report.duplicated <= citizens, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_vanishes_without_acking_gets_everything_on_return() {
+    let kafka = kafka_config("vanish");
+    let (producer, consumer) = services(&kafka);
+    let (citizens, per) = size();
+    // First connection: reads but never acks, then disappears.
+    let ghost = Collector::start(
+        vec![consumer.url()],
+        "faults.vanish",
+        WINDOW,
+        false,
+        Duration::ZERO,
+    );
+    settle().await;
+    let outcome = publish_load(vec![producer.url()], citizens, per, GIVE_UP).await;
+    assert!(
+        ghost
+            .wait_for(WINDOW as usize, Duration::from_secs(30))
+            .await
+    );
+    let unacked = ghost.stop().await;
+    assert!(unacked.len() >= WINDOW as usize);
+    // It comes back: everything arrives, from the first event.
+    let sub = Collector::start(
+        vec![consumer.url()],
+        "faults.vanish",
+        WINDOW,
+        true,
+        Duration::ZERO,
+    );
+    assert!(
+        sub.wait_for(outcome.acked.len(), Duration::from_secs(60))
+            .await
+    );
+    let report = check(
+        "subscriber vanished without acking",
+        &outcome,
+        &sub.stop().await,
+    );
+    assert_eq!(
+        (report.lost, report.order_violations, report.duplicated),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_very_slow_subscriber_does_not_hold_back_the_others() {
+    let kafka = kafka_config("slow");
+    let (producer, consumer) = services(&kafka);
+    let slow = Collector::start(
+        vec![consumer.url()],
+        "faults.slow",
+        4,
+        true,
+        Duration::from_millis(500),
+    );
+    let fast = Collector::start(
+        vec![consumer.url()],
+        "faults.fast",
+        WINDOW,
+        true,
+        Duration::ZERO,
+    );
+    settle().await;
+    let (citizens, per) = size();
+    let started = std::time::Instant::now();
+    let outcome = publish_load(vec![producer.url()], citizens, per, GIVE_UP).await;
+    assert!(
+        fast.wait_for(outcome.acked.len(), Duration::from_secs(30))
+            .await,
+        "the fast subscriber kept its pace"
+    );
+    let fast_done = started.elapsed();
+    let slow_seen = slow.stop().await;
+    let report = check(
+        "fast subscriber beside a slow one",
+        &outcome,
+        &fast.stop().await,
+    );
+    println!(
+        "checker: slow subscriber received {} in the time the fast one received all {} ({fast_done:?})",
+        slow_seen.len(),
+        report.delivered
+    );
+    assert_eq!((report.lost, report.order_violations), (0, 0));
+    assert!(
+        slow_seen.len() < outcome.acked.len(),
+        "the slow subscriber really was slow"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_of_two_consumer_replicas_dies_its_subscriptions_continue_on_the_other() {
+    let kafka = kafka_config("replicas");
+    let (producer, mut a) = services(&kafka);
+    let policy = agreements_file("faults", OPEN_AGREEMENTS);
+    let b = ServiceProcess::start(Kind::Consumer, &kafka, &policy, &logs());
+    // The client knows both replicas and starts on A.
+    let sub = Collector::start(
+        vec![b.url(), a.url()],
+        "faults.replicas",
+        WINDOW,
+        true,
+        Duration::from_millis(2),
+    );
+    settle().await;
+    let (citizens, per) = size();
+    let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.kill9();
+    let outcome = load.await.unwrap();
+    assert!(
+        sub.wait_for(outcome.acked.len(), Duration::from_secs(60))
+            .await
+    );
+    let seen = sub.stop().await;
+    let report = check("one of two consumer replicas killed", &outcome, &seen);
+    assert_eq!((report.lost, report.order_violations), (0, 0));
+    assert!(
+        report.duplicated <= WINDOW as usize + seen.len() / 10 + 1,
+        "{report:?}"
+    );
+}
