@@ -263,3 +263,72 @@ async fn when_one_of_two_consumer_replicas_dies_its_subscriptions_continue_on_th
         "{report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_producer_answers_in_flight_publishes_and_exits_promptly() {
+    let kafka = kafka_config("sigterm-producer");
+    let (mut producer, consumer) = services(&kafka);
+    let sub = Collector::start(
+        vec![consumer.url()],
+        "faults.sigterm-producer",
+        WINDOW,
+        true,
+        Duration::ZERO,
+    );
+    settle().await;
+    let (citizens, per) = size();
+    let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let took = producer
+        .terminate(Duration::from_secs(30))
+        .expect("the producer exits on SIGTERM");
+    println!("checker: producer exited {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(20));
+    producer.restart();
+    let outcome = load.await.unwrap();
+    assert!(
+        sub.wait_for(outcome.acked.len(), Duration::from_secs(60))
+            .await
+    );
+    let report = check("SIGTERM producer", &outcome, &sub.stop().await);
+    assert_eq!((report.lost, report.order_violations), (0, 0));
+    assert!(report.duplicated <= citizens, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_consumer_saves_cursors_and_tells_streams_to_reconnect() {
+    let kafka = kafka_config("sigterm-consumer");
+    let (producer, mut consumer) = services(&kafka);
+    let sub = Collector::start(
+        vec![consumer.url()],
+        "faults.sigterm-consumer",
+        WINDOW,
+        true,
+        Duration::from_millis(2),
+    );
+    settle().await;
+    let (citizens, per) = size();
+    let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let took = consumer
+        .terminate(Duration::from_secs(30))
+        .expect("the consumer exits on SIGTERM");
+    println!("checker: consumer exited {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(20));
+    consumer.restart();
+    let outcome = load.await.unwrap();
+    assert!(
+        sub.wait_for(outcome.acked.len(), Duration::from_secs(60))
+            .await
+    );
+    let ends = sub.ends.lock().unwrap().clone();
+    let seen = sub.stop().await;
+    let report = check("SIGTERM consumer", &outcome, &seen);
+    assert_eq!((report.lost, report.order_violations), (0, 0));
+    assert!(
+        ends.iter().any(|e| e == "Unavailable"),
+        "the stream ended with UNAVAILABLE: {ends:?}"
+    );
+    // The cursor was saved on the way out: only deliveries unacked at that moment repeat.
+    assert!(report.duplicated <= WINDOW as usize, "{report:?}");
+}

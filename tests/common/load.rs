@@ -153,6 +153,8 @@ pub struct Seen {
 #[derive(Debug)]
 pub struct Collector {
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// How each stream ended: the gRPC code, or "Ok" for a clean end.
+    pub ends: Arc<Mutex<Vec<String>>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -166,14 +168,16 @@ impl Collector {
         pause_per_event: Duration,
     ) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let ends = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
-        let (seen2, stop2, name) = (seen.clone(), stop.clone(), name.to_owned());
+        let (seen2, ends2, stop2, name) =
+            (seen.clone(), ends.clone(), stop.clone(), name.to_owned());
         let task = tokio::spawn(async move {
             let mut connection = 0usize;
             while !stop2.is_cancelled() {
                 connection += 1;
                 let url = &urls[connection % urls.len()];
-                let _ = run_stream(
+                let end = run_stream(
                     url,
                     &name,
                     max_in_flight,
@@ -184,13 +188,22 @@ impl Collector {
                     &stop2,
                 )
                 .await;
+                ends2.lock().unwrap().push(match end {
+                    Ok(()) => "Ok".to_string(),
+                    Err(status) => format!("{:?}", status.code()),
+                });
                 tokio::select! {
                     _ = stop2.cancelled() => {}
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
         });
-        Self { seen, stop, task }
+        Self {
+            seen,
+            ends,
+            stop,
+            task,
+        }
     }
 
     /// Waits until `n` distinct ids have been seen, or `timeout`.

@@ -59,6 +59,11 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// Most events in one PublishBatch.
     pub max_batch_events: usize,
+    /// Events per second each publisher identity may send, sustained; beyond it,
+    /// RESOURCE_EXHAUSTED. 0 turns the quota off.
+    pub publish_rate_per_sec: u32,
+    /// Events a publisher may send in a burst above the sustained rate.
+    pub publish_burst: u32,
 }
 
 impl Default for Limits {
@@ -66,6 +71,8 @@ impl Default for Limits {
         Self {
             max_event_bytes: 256 * 1024,
             max_batch_events: 1000,
+            publish_rate_per_sec: 5000,
+            publish_burst: 10_000,
         }
     }
 }

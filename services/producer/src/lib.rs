@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dedup;
 pub mod publisher;
+pub mod quota;
 
 use std::time::Duration;
 

@@ -46,6 +46,7 @@ struct Inner {
     limits: Limits,
     dedup: Dedup,
     delivery_timeout: Duration,
+    quotas: crate::quota::Quotas,
 }
 
 impl PublisherService {
@@ -68,6 +69,10 @@ impl PublisherService {
                 auditor,
                 topic,
                 registry: Registry::new(),
+                quotas: crate::quota::Quotas::new(
+                    limits.publish_rate_per_sec,
+                    limits.publish_burst,
+                ),
                 limits,
                 dedup,
                 delivery_timeout,
@@ -257,6 +262,7 @@ impl Publisher for PublisherService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let caller = crier_identity::caller(&request)?;
+        self.inner.quotas.take(caller.as_str(), 1)?;
         let event = request.into_inner().event;
         self.inner.publish(&caller, event).await.map(Response::new)
     }
@@ -279,6 +285,10 @@ impl Publisher for PublisherService {
             .into());
         }
         // All writes are in flight together; results come back in request order.
+        self.inner.quotas.take(
+            caller.as_str(),
+            u32::try_from(events.len()).unwrap_or(u32::MAX),
+        )?;
         let results = futures::future::join_all(events.into_iter().enumerate().map(|(i, e)| {
             let (inner, caller) = (&self.inner, &caller);
             async move {
