@@ -253,7 +253,13 @@ async fn main() -> anyhow::Result<()> {
     consumer.stop(Duration::from_secs(30)).await?;
 
     let bench_pid = std::process::id();
-    let publish_procs = [("producer", producer.pid()), ("bench", bench_pid)];
+    // The broker's CPU is shown apart, so that what is left is load from outside the run.
+    let kafka_pid = probe::listener_pid(kafka_port).await.unwrap_or(0);
+    let publish_procs = [
+        ("producer", producer.pid()),
+        ("bench", bench_pid),
+        ("kafka", kafka_pid),
+    ];
     let mut baseline_topics = Vec::new();
     if wanted(Phase::Baseline) {
         let cpu = Cpu::sample(&publish_procs);
@@ -320,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
             ("producer", producer.pid()),
             ("consumer", consumer.pid()),
             ("bench", bench_pid),
+            ("kafka", kafka_pid),
         ];
         let cpu = Cpu::sample(&procs);
         let r = e2e::run(
@@ -373,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
             ("producer", producer.pid()),
             ("consumer", consumer.pid()),
             ("bench", bench_pid),
+            ("kafka", kafka_pid),
         ];
         let cpu = Cpu::sample(&procs);
         let m = memory::run(&producer, &consumer, &plan, &pool, subs, &run_id).await?;

@@ -186,6 +186,22 @@ pub(crate) async fn kafka_bytes(kafka_port: u16) -> anyhow::Result<KafkaBytes> {
     Ok(parse_ss(&String::from_utf8_lossy(&out.stdout)))
 }
 
+/// The pid listening on local TCP `port` (the Kafka broker), from `ss -ltnp`.
+pub(crate) async fn listener_pid(port: u16) -> Option<u32> {
+    let out = tokio::process::Command::new("ss")
+        .args(["-ltnpH", "sport", "=", &format!(":{port}")])
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("pid=")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// `ss -tinpH` prints each socket on one line (with `users:((...,pid=N,...))`) and its
 /// `tcp_info` on the next, indented line.
 fn parse_ss(text: &str) -> KafkaBytes {
@@ -273,7 +289,7 @@ impl Cpu {
         }
         let machine = later.machine - self.machine;
         parts.push(format!(
-            "everything else (Kafka, other processes) {:.0}%",
+            "everything else on the machine {:.0}%",
             pct((machine - named).max(0.0))
         ));
         format!(

@@ -66,12 +66,23 @@ pub async fn serve(
         .map_err(Error::Config)?;
     let (auditor, audit_task) =
         crier_audit::Auditor::start(&config.kafka, config.kafka.audit_topic.clone())?;
-    let live = live::Live::start(
-        &config.kafka,
-        config.subscriptions.live_buffer,
-        readers.clone(),
-    )
-    .await?;
+    // Partition leaders may still be being elected just after the topics were created.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let live = loop {
+        let started = live::Live::start(
+            &config.kafka,
+            config.subscriptions.live_buffer,
+            readers.clone(),
+        );
+        match started.await {
+            Ok(live) => break live,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "events topic not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let store = Arc::new(store::SubscriptionStore::start(
         &config.kafka,
         readers.clone(),
