@@ -76,3 +76,15 @@ impl Default for SubscriptionsConfig {
         }
     }
 }
+
+impl crier_runtime::ServiceConfig for Config {
+    fn grpc(&self) -> &GrpcConfig {
+        &self.grpc
+    }
+    fn metrics(&self) -> &MetricsConfig {
+        &self.metrics
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}

@@ -118,3 +118,15 @@ impl Default for ShutdownConfig {
         }
     }
 }
+
+impl crier_runtime::ServiceConfig for Config {
+    fn grpc(&self) -> &GrpcConfig {
+        &self.grpc
+    }
+    fn metrics(&self) -> &MetricsConfig {
+        &self.metrics
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}

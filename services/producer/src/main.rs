@@ -1,8 +1,5 @@
 //! `crier-producer`: the Publisher gRPC service as a process.
 
-use std::path::PathBuf;
-
-use anyhow::Context;
 use clap::Parser;
 use crier_producer::Config;
 
@@ -15,28 +12,15 @@ use crier_producer::Config;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
-    /// TOML configuration file.
-    #[arg(long, short, env = "CRIER_CONFIG")]
-    config: Option<PathBuf>,
-    /// Load and check the configuration, print it, and exit.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    service: crier_runtime::ServiceArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let config: Config = crier_runtime::load(args.config.as_deref())?;
-    if args.check_config {
-        println!("{config:#?}");
-        return Ok(());
+    let started = crier_runtime::start::<Config>(&Args::parse().service).await?;
+    if let Some((config, listener, shutdown)) = started {
+        crier_producer::serve(config, listener, shutdown).await?;
     }
-    crier_runtime::init_logging(&config.log);
-    crier_runtime::serve_metrics(&config.metrics)?;
-    let listener = tokio::net::TcpListener::bind(config.grpc.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.grpc.listen))?;
-    let shutdown = crier_runtime::shutdown_on_signal();
-    crier_producer::serve(config, listener, shutdown).await?;
     Ok(())
 }

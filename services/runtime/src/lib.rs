@@ -4,9 +4,13 @@
 //!   variables (`CRIER_KAFKA__BOOTSTRAP_SERVERS` sets `[kafka] bootstrap_servers`);
 //! - [`init_logging`]: structured logs (text for people, JSON for log pipelines);
 //! - [`serve_metrics`]: Prometheus metrics over HTTP;
-//! - [`shutdown_on_signal`]: SIGTERM or Ctrl-C cancels a token that the server watches.
+//! - [`shutdown_on_signal`]: SIGTERM or Ctrl-C cancels a token that the server watches;
+//! - [`start`]: all of the above, in order, for a service's `main`.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use figment::{
     Figment,
@@ -24,6 +28,50 @@ pub enum Error {
     /// The metrics endpoint could not start.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The gRPC address could not be bound.
+    #[error("cannot listen on {0}")]
+    Listen(SocketAddr, #[source] std::io::Error),
+}
+
+/// The flags every service binary takes.
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "CRIER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Load and check the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The sections every service's configuration has.
+pub trait ServiceConfig: DeserializeOwned + std::fmt::Debug {
+    /// `[grpc]`.
+    fn grpc(&self) -> &GrpcConfig;
+    /// `[metrics]`.
+    fn metrics(&self) -> &MetricsConfig;
+    /// `[log]`.
+    fn log(&self) -> &LogConfig;
+}
+
+/// Everything a service's `main` does before serving: load the configuration, then (unless
+/// only checking it, when it is printed and `None` returned) start logging and metrics,
+/// bind the gRPC address and watch for SIGTERM.
+pub async fn start<C: ServiceConfig>(
+    args: &ServiceArgs,
+) -> Result<Option<(C, tokio::net::TcpListener, CancellationToken)>, Error> {
+    let config: C = load(args.config.as_deref())?;
+    if args.check_config {
+        println!("{config:#?}");
+        return Ok(None);
+    }
+    init_logging(config.log());
+    serve_metrics(config.metrics())?;
+    let listen = config.grpc().listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::Listen(listen, e))?;
+    Ok(Some((config, listener, shutdown_on_signal())))
 }
 
 /// The `[grpc]` section.

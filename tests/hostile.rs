@@ -1,0 +1,755 @@
+//! Hostile input over gRPC, against both services on a real Kafka broker: truncated
+//! protobuf, wrong wire types, invalid UTF-8, huge repeated fields, deep nesting, oversized
+//! metadata and messages, and streams that break the Subscribe protocol.
+//!
+//! The bytes are sent as they are, through a codec that does no protobuf of its own, so
+//! each case reaches the server exactly as an attacker or a broken client would send it.
+//! Every case must get a clear status (asserted: its code and words from its message), and
+//! the service must then go on serving well-formed requests: on the same connection when
+//! it survives, and on a new one. Run with `cargo test --test hostile` while
+//! `deploy/kafka.sh` is up (`CRIER_TEST_KAFKA` names another broker). Each case prints the
+//! status it got, so `-- --nocapture` shows what a client sees.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use crier_proto::v1::{
+    Ack, Event, Open, PublishBatchRequest, PublishRequest, SubscribeRequest, SubscribeResponse,
+    subscribe_request::Request as ClientMsg, subscribe_response::Response as ServerMsg,
+    subscriber_client::SubscriberClient,
+};
+use crier_tests::*;
+use prost::{
+    Message,
+    bytes::{Buf, BufMut, Bytes},
+    encoding::{WireType, encode_key, encode_varint},
+};
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::{
+    Code, Request, Status,
+    client::Grpc,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
+    metadata::MetadataValue,
+    transport::Channel,
+};
+use tonic_types::StatusExt;
+
+const PUBLISH: &str = "/crier.v1.Publisher/Publish";
+const PUBLISH_BATCH: &str = "/crier.v1.Publisher/PublishBatch";
+const SUBSCRIBE: &str = "/crier.v1.Subscriber/Subscribe";
+
+/// Longest a hostile request may take to be answered: a hang is a failure too.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// A codec that sends its bytes verbatim as one gRPC message and hands back the response
+/// message undecoded, so tests choose every byte the server parses.
+#[derive(Debug, Clone, Copy, Default)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Sends `request` (raw message bytes) to the unary method at `path`.
+async fn call(
+    channel: &Channel,
+    path: &'static str,
+    request: Request<Bytes>,
+) -> Result<Bytes, Status> {
+    let mut grpc = Grpc::new(channel.clone());
+    tokio::time::timeout(ANSWER_WITHIN, async {
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+        grpc.unary(request, PathAndQuery::from_static(path), Raw)
+            .await
+            .map(tonic::Response::into_inner)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{path} did not answer within {ANSWER_WITHIN:?}"))
+}
+
+/// Sends raw bytes to `Publisher.Publish`.
+async fn publish_raw(channel: &Channel, body: Vec<u8>) -> Result<Bytes, Status> {
+    call(channel, PUBLISH, Request::new(Bytes::from(body))).await
+}
+
+/// Asserts that `result` is a refusal with `code` whose message contains every one of
+/// `words`, prints what the client saw, and returns the status.
+fn refused(case: &str, result: Result<Bytes, Status>, code: Code, words: &[&str]) -> Status {
+    let status = match result {
+        Ok(body) => panic!(
+            "{case}: accepted ({} response bytes), expected {code:?}",
+            body.len()
+        ),
+        Err(status) => status,
+    };
+    let message = status.message();
+    println!("{case}: {:?}: {message}", status.code());
+    assert_eq!(status.code(), code, "{case}: {message}");
+    for word in words {
+        assert!(
+            message.contains(word),
+            "{case}: '{message}' does not mention '{word}'"
+        );
+    }
+    status
+}
+
+/// A protobuf field header.
+fn key(field: u32, wire_type: WireType, out: &mut Vec<u8>) {
+    encode_key(field, wire_type, out);
+}
+
+/// A length-delimited field: header, length, bytes.
+fn delimited(field: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    key(field, WireType::LengthDelimited, &mut out);
+    encode_varint(bytes.len() as u64, &mut out);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A `PublishRequest` whose `event` field holds `event_bytes`, whatever they are.
+fn publish_request_around(event_bytes: &[u8]) -> Vec<u8> {
+    delimited(1, event_bytes)
+}
+
+/// `depth` groups of field `field`, each opened inside the last, then all closed.
+fn nested_groups(field: u32, depth: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(depth * 4);
+    for _ in 0..depth {
+        key(field, WireType::StartGroup, &mut out);
+    }
+    for _ in 0..depth {
+        key(field, WireType::EndGroup, &mut out);
+    }
+    out
+}
+
+/// `depth` length-delimited fields of number `field`, each inside the last.
+fn nested_messages(field: u32, depth: usize) -> Vec<u8> {
+    let mut inner = Vec::new();
+    for _ in 0..depth {
+        inner = delimited(field, &inner);
+    }
+    inner
+}
+
+/// A valid event as [`PUBLISHER`] sends it.
+fn valid_event() -> Event {
+    event(DEATH, "psn:hostile", &["E06000002"])
+}
+
+/// After a hostile request: a well-formed publish succeeds on the same channel (when it
+/// still works, tonic reconnects when it does not) and on a new connection.
+async fn producer_still_serves(producer: &Running, channel: &Channel) {
+    let request = PublishRequest {
+        event: Some(valid_event()),
+    };
+    let same = publish_raw(channel, request.encode_to_vec()).await;
+    assert!(
+        same.is_ok(),
+        "publish on the same channel after the hostile request: {same:?}"
+    );
+    let mut client = publisher(producer).await;
+    let fresh = client
+        .publish(PublishRequest {
+            event: Some(valid_event()),
+        })
+        .await;
+    assert!(
+        fresh.is_ok(),
+        "publish on a new connection after the hostile request: {fresh:?}"
+    );
+}
+
+/// Starts a producer on its own topics, with a raw channel authenticated as [`PUBLISHER`].
+async fn producer(test: &str) -> (Running, Channel) {
+    let producer = start_producer(&kafka_config(test)).await;
+    let channel = channel_as(&producer, Some(PUBLISHER)).await;
+    (producer, channel)
+}
+
+#[tokio::test]
+async fn a_truncated_event_is_refused_as_undecodable_and_the_producer_keeps_serving() {
+    let (producer, channel) = producer("hostile-truncated").await;
+    let whole = valid_event().encode_to_vec();
+    let cut = &whole[..whole.len() / 2];
+
+    // The event's own length says it is cut: the outer PublishRequest is consistent.
+    let inner = publish_raw(&channel, publish_request_around(cut)).await;
+    refused(
+        "truncated event",
+        inner,
+        Code::Internal,
+        &["failed to decode", "Event"],
+    );
+    // The request itself is cut: its length prefix promises more than arrives.
+    let outer = PublishRequest {
+        event: Some(valid_event()),
+    }
+    .encode_to_vec();
+    let outer = publish_raw(&channel, outer[..outer.len() - 7].to_vec()).await;
+    refused(
+        "truncated request",
+        outer,
+        Code::Internal,
+        &["failed to decode"],
+    );
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_wire_type_for_the_event_id_is_refused_and_the_producer_keeps_serving() {
+    let (producer, channel) = producer("hostile-wire-type").await;
+    // Field 1 (`id`, a string) sent as a varint, ahead of an otherwise valid event.
+    let mut bytes = Vec::new();
+    key(1, WireType::Varint, &mut bytes);
+    encode_varint(7, &mut bytes);
+    let mut rest = valid_event();
+    rest.id.clear();
+    bytes.extend(rest.encode_to_vec());
+    let result = publish_raw(&channel, publish_request_around(&bytes)).await;
+    refused(
+        "wrong wire type for Event.id",
+        result,
+        Code::Internal,
+        &["wire type", "Event.id"],
+    );
+
+    // And at the top level: field 1 of PublishRequest (the event) as a fixed64.
+    let mut top = Vec::new();
+    key(1, WireType::SixtyFourBit, &mut top);
+    top.extend_from_slice(&[0; 8]);
+    let result = publish_raw(&channel, top).await;
+    refused(
+        "wrong wire type for PublishRequest.event",
+        result,
+        Code::Internal,
+        &["wire type"],
+    );
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_the_event_id_is_refused_and_the_producer_keeps_serving() {
+    let (producer, channel) = producer("hostile-utf8").await;
+    let mut bytes = delimited(1, &[0x66, 0xff, 0xfe, 0x80]);
+    let mut rest = valid_event();
+    rest.id.clear();
+    bytes.extend(rest.encode_to_vec());
+    let result = publish_raw(&channel, publish_request_around(&bytes)).await;
+    refused(
+        "invalid UTF-8 in Event.id",
+        result,
+        Code::Internal,
+        &["UTF-8", "Event.id"],
+    );
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_of_a_hundred_thousand_tiny_events_is_refused_over_the_batch_limit() {
+    let (producer, channel) = producer("hostile-huge-batch").await;
+    let tiny = Event {
+        id: "x".into(),
+        ..Default::default()
+    };
+    let batch = PublishBatchRequest {
+        events: vec![tiny; 100_000],
+    };
+    let result = call(
+        &channel,
+        PUBLISH_BATCH,
+        Request::new(batch.encode_to_vec().into()),
+    )
+    .await;
+    let status = refused(
+        "100,000 tiny events in one batch",
+        result,
+        Code::InvalidArgument,
+        &["events", "100000", "at most"],
+    );
+    let details = status.get_error_details();
+    let violation = &details
+        .bad_request()
+        .expect("a BadRequest detail")
+        .field_violations[0];
+    assert_eq!(violation.field, "events");
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn ten_thousand_nested_groups_in_an_event_are_refused_at_the_recursion_limit() {
+    let (producer, channel) = producer("hostile-deep-groups").await;
+    // An undefined field (99) holding 10,000 groups, each inside the last, after a valid event.
+    let mut bytes = valid_event().encode_to_vec();
+    bytes.extend(nested_groups(99, 10_000));
+    let result = publish_raw(&channel, publish_request_around(&bytes)).await;
+    refused(
+        "10,000 nested groups in Event",
+        result,
+        Code::Internal,
+        &["recursion limit"],
+    );
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn ten_thousand_nested_messages_in_an_undefined_event_field_are_dropped_unread() {
+    let (producer, channel) = producer("hostile-deep-messages").await;
+    // Length-delimited, so the decoder skips field 99 by its length without descending into
+    // it: protobuf drops undefined fields of the envelope, and the event itself is valid.
+    let mut bytes = valid_event().encode_to_vec();
+    bytes.extend(nested_messages(99, 10_000));
+    let result = publish_raw(&channel, publish_request_around(&bytes)).await;
+    let response = result.expect("a valid event with an undefined nested field is accepted");
+    let response = crier_proto::v1::PublishResponse::decode(response).unwrap();
+    println!("10,000 nested messages in an undefined Event field: OK, {response:?}");
+
+    // With nothing valid around it, the same nesting is refused by validation, not decoding.
+    let result = publish_raw(
+        &channel,
+        publish_request_around(&nested_messages(99, 10_000)),
+    )
+    .await;
+    refused(
+        "10,000 nested messages and nothing else",
+        result,
+        Code::InvalidArgument,
+        &["event.id", "required"],
+    );
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn a_deeply_nested_payload_is_refused_naming_event_data() {
+    let (producer, channel) = producer("hostile-deep-data").await;
+    let mut groups = valid_event();
+    groups.data = nested_groups(99, 10_000);
+    let result = publish_raw(
+        &channel,
+        PublishRequest {
+            event: Some(groups),
+        }
+        .encode_to_vec(),
+    )
+    .await;
+    let status = refused(
+        "10,000 nested groups as the payload",
+        result,
+        Code::InvalidArgument,
+        &["event.data", "does not decode", "DeathRegistered"],
+    );
+    let details = status.get_error_details();
+    assert_eq!(
+        details.bad_request().unwrap().field_violations[0].field,
+        "event.data"
+    );
+
+    let mut messages = valid_event();
+    messages.data = nested_messages(99, 10_000);
+    let result = publish_raw(
+        &channel,
+        PublishRequest {
+            event: Some(messages),
+        }
+        .encode_to_vec(),
+    )
+    .await;
+    refused(
+        "10,000 nested messages as the payload",
+        result,
+        Code::InvalidArgument,
+        &["event.data", "field number 99"],
+    );
+
+    // Field 2 (`name`) inside itself 10,000 times: the schema nests only two deep, so below
+    // that the bytes land in a string field and stop making sense.
+    let mut defined = valid_event();
+    let mut data = Vec::new();
+    for _ in 0..10_000 {
+        data = delimited(2, &data);
+    }
+    defined.data = data;
+    let result = publish_raw(
+        &channel,
+        PublishRequest {
+            event: Some(defined),
+        }
+        .encode_to_vec(),
+    )
+    .await;
+    refused(
+        "10,000 nested name fields as the payload",
+        result,
+        Code::InvalidArgument,
+        &["event.data"],
+    );
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn sixty_four_kib_of_metadata_is_refused_by_the_http2_layer() {
+    let (producer, channel) = producer("hostile-metadata").await;
+    let mut request = Request::new(Bytes::from(
+        PublishRequest {
+            event: Some(valid_event()),
+        }
+        .encode_to_vec(),
+    ));
+    let padding = MetadataValue::try_from("a".repeat(64 * 1024)).unwrap();
+    request.metadata_mut().insert("x-padding", padding);
+    let result = call(&channel, PUBLISH, request).await;
+    // hyper's server accepts header lists up to 16 KiB; the answer comes from HTTP/2.
+    let status = match result {
+        Ok(_) => panic!("64 KiB of metadata was accepted"),
+        Err(status) => status,
+    };
+    println!(
+        "64 KiB of metadata: {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    assert_ne!(status.code(), Code::Ok);
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_decoding_limit_is_refused_as_resource_exhausted() {
+    let (producer, channel) = producer("hostile-oversized").await;
+    // 64 MiB is the producer's hard cap on a request message, whatever its limits say.
+    let limit = 64 * 1024 * 1024;
+    let body = vec![0u8; limit + 1];
+    let result = publish_raw(&channel, body).await;
+    refused(
+        "a message of 64 MiB + 1 byte",
+        result,
+        Code::ResourceExhausted,
+        &["too large", &(limit + 1).to_string()],
+    );
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+/// Opens `Subscribe` with raw messages from `rx`; the status of a refusal, from the
+/// response headers or from the first item of the stream.
+async fn subscribe_raw(
+    channel: &Channel,
+    rx: mpsc::Receiver<Bytes>,
+) -> Result<tonic::Streaming<Bytes>, Status> {
+    let mut grpc = Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+    tokio::time::timeout(
+        ANSWER_WITHIN,
+        grpc.streaming(
+            Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static(SUBSCRIBE),
+            Raw,
+        ),
+    )
+    .await
+    .expect("Subscribe answers")
+    .map(tonic::Response::into_inner)
+}
+
+/// The first thing a raw Subscribe stream yields, within [`ANSWER_WITHIN`].
+async fn first_answer(stream: Result<tonic::Streaming<Bytes>, Status>) -> Result<Bytes, Status> {
+    let mut stream = stream?;
+    match tokio::time::timeout(ANSWER_WITHIN, stream.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => Err(Status::ok("the stream ended without a message or an error")),
+        Err(_) => panic!("Subscribe did not answer within {ANSWER_WITHIN:?}"),
+    }
+}
+
+/// A valid Open for `name`, encoded.
+fn open(name: &str) -> Bytes {
+    SubscribeRequest {
+        request: Some(ClientMsg::Open(Open {
+            subscription: name.into(),
+            filter: Some(filter(&[DEATH], &[])),
+            start: None,
+            max_in_flight: 0,
+        })),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// After a hostile stream: a well-formed Open succeeds on a new connection.
+async fn consumer_still_serves(consumer: &Running, name: &str) {
+    let sub = Subscription::open(consumer, name, filter(&[DEATH], &[]), resume()).await;
+    assert!(
+        sub.is_ok(),
+        "a well-formed Open after the hostile stream: {sub:?}"
+    );
+    sub.unwrap().close().await;
+}
+
+#[tokio::test]
+async fn a_subscribe_stream_that_does_not_start_with_open_is_refused() {
+    let consumer = start_consumer(&kafka_config("hostile-no-open")).await;
+    let channel = channel_as(&consumer, Some(SUBSCRIBER)).await;
+    let (tx, rx) = mpsc::channel(4);
+    let ack = SubscribeRequest {
+        request: Some(ClientMsg::Ack(Ack {
+            ack_ids: vec!["0:0".into()],
+        })),
+    };
+    tx.send(ack.encode_to_vec().into()).await.unwrap();
+    let result = first_answer(subscribe_raw(&channel, rx).await).await;
+    let status = refused(
+        "an ack before open",
+        result,
+        Code::InvalidArgument,
+        &["open", "first message"],
+    );
+    assert_eq!(
+        status
+            .get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations[0]
+            .field,
+        "open"
+    );
+
+    // An empty message: no oneof at all.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(Bytes::new()).await.unwrap();
+    let result = first_answer(subscribe_raw(&channel, rx).await).await;
+    refused(
+        "an empty first message",
+        result,
+        Code::InvalidArgument,
+        &["first message"],
+    );
+
+    consumer_still_serves(&consumer, "hostile.after-no-open").await;
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_as_the_first_subscribe_message_is_refused() {
+    let consumer = start_consumer(&kafka_config("hostile-garbage-first")).await;
+    let channel = channel_as(&consumer, Some(SUBSCRIBER)).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(Bytes::from_static(
+        b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01garbage",
+    ))
+    .await
+    .unwrap();
+    let result = first_answer(subscribe_raw(&channel, rx).await).await;
+    refused(
+        "garbage as the first message",
+        result,
+        Code::Internal,
+        &["failed to decode"],
+    );
+
+    consumer_still_serves(&consumer, "hostile.after-garbage").await;
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_after_open_ends_the_stream_with_an_error() {
+    let consumer = start_consumer(&kafka_config("hostile-garbage-later")).await;
+    let channel = channel_as(&consumer, Some(SUBSCRIBER)).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(open("hostile.garbage-later")).await.unwrap();
+    let mut stream = subscribe_raw(&channel, rx)
+        .await
+        .expect("the Open is accepted");
+    let opened = tokio::time::timeout(ANSWER_WITHIN, stream.next())
+        .await
+        .unwrap();
+    let opened = SubscribeResponse::decode(opened.unwrap().unwrap()).unwrap();
+    assert!(
+        matches!(opened.response, Some(ServerMsg::Opened(_))),
+        "{opened:?}"
+    );
+
+    tx.send(Bytes::from_static(b"\x0a\xff\xff\xff\xff\x0fgarbage"))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(ANSWER_WITHIN, stream.next())
+        .await
+        .expect("the stream ends after garbage");
+    let result = match end {
+        Some(item) => item,
+        None => Err(Status::ok("the stream ended cleanly, with no error")),
+    };
+    refused(
+        "garbage after open",
+        result,
+        Code::Internal,
+        &["failed to decode"],
+    );
+
+    consumer_still_serves(&consumer, "hostile.garbage-later").await;
+    consumer.stop().await;
+}
+
+/// Opens a typed stream as [`SUBSCRIBER`]: its sender, and the responses after `Opened`.
+async fn open_typed(
+    consumer: &Running,
+    name: &str,
+) -> (
+    mpsc::Sender<SubscribeRequest>,
+    tonic::Streaming<SubscribeResponse>,
+) {
+    let mut client = SubscriberClient::new(channel_as(consumer, Some(SUBSCRIBER)).await);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(SubscribeRequest::decode(open(name)).unwrap())
+        .await
+        .unwrap();
+    let mut stream = client
+        .subscribe(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(
+        matches!(first.response, Some(ServerMsg::Opened(_))),
+        "{first:?}"
+    );
+    (tx, stream)
+}
+
+fn bogus_acks(n: usize, id: impl Fn(usize) -> String) -> SubscribeRequest {
+    SubscribeRequest {
+        request: Some(ClientMsg::Ack(Ack {
+            ack_ids: (0..n).map(id).collect(),
+        })),
+    }
+}
+
+#[tokio::test]
+async fn an_ack_of_a_million_bogus_ids_is_ignored_and_the_stream_keeps_delivering() {
+    let kafka = kafka_config("hostile-million-acks");
+    let producer = start_producer(&kafka).await;
+    let consumer = start_consumer(&kafka).await;
+    let (tx, mut stream) = open_typed(&consumer, "hostile.million-acks").await;
+
+    // Short ids, so the message stays under the consumer's 4 MiB decoding limit and the
+    // session has to read every one: unparseable ones, and partition:offset pairs that were
+    // never delivered.
+    let acks = bogus_acks(1_000_000, |i| {
+        if i % 2 == 0 {
+            "x".into()
+        } else {
+            format!("{}:{i}", i % 7)
+        }
+    });
+    println!("1,000,000 bogus ack ids: {} bytes", acks.encoded_len());
+    assert!(acks.encoded_len() < 4 * 1024 * 1024);
+    tx.send(acks).await.unwrap();
+
+    let published = valid_event();
+    publisher(&producer)
+        .await
+        .publish(PublishRequest {
+            event: Some(published.clone()),
+        })
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(ANSWER_WITHIN, stream.next())
+        .await
+        .expect("a delivery after the bogus acks")
+        .expect("the stream is still open")
+        .expect("no error on the stream");
+    let Some(ServerMsg::Delivery(delivery)) = next.response else {
+        panic!("expected a delivery, got {next:?}");
+    };
+    assert_eq!(delivery.event.unwrap().id, published.id);
+    println!("1,000,000 bogus ack ids: ignored; the next event was delivered");
+
+    drop(tx);
+    consumer_still_serves(&consumer, "hostile.after-million-acks").await;
+    consumer.stop().await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn an_ack_over_the_message_size_limit_ends_the_stream_with_resource_exhausted() {
+    let consumer = start_consumer(&kafka_config("hostile-huge-ack")).await;
+    let (tx, mut stream) = open_typed(&consumer, "hostile.huge-ack").await;
+    // A million realistic ids ("partition:offset") are over the 4 MiB default.
+    let acks = bogus_acks(1_000_000, |i| format!("{}:{}", i % 7, 1_000_000 + i));
+    println!(
+        "1,000,000 realistic bogus ack ids: {} bytes",
+        acks.encoded_len()
+    );
+    tx.send(acks).await.unwrap();
+    let end = tokio::time::timeout(ANSWER_WITHIN, stream.next())
+        .await
+        .expect("the stream answers an oversized ack");
+    let result = match end {
+        Some(Ok(response)) => panic!("expected an error, got {response:?}"),
+        Some(Err(status)) => Err(status),
+        None => Err(Status::ok("the stream ended cleanly, with no error")),
+    };
+    refused(
+        "an ack message over 4 MiB",
+        result,
+        Code::ResourceExhausted,
+        &["too large"],
+    );
+
+    drop(tx);
+    consumer_still_serves(&consumer, "hostile.after-huge-ack").await;
+    consumer.stop().await;
+}
