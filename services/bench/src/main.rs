@@ -390,7 +390,8 @@ async fn main() -> anyhow::Result<()> {
         figures.consumer_rss_mb = Some(m.rss_peak_mb);
         notes.push(format!(
             "memory: {} streams opened in {:.1}s; consumer RSS {:.1} MiB once open, peak {:.1} \
-             MiB under {}/s for {:.0}s; {} deliveries, {} streams ended early{}; publishes: {}",
+             MiB under {}/s for {:.0}s; {} deliveries, {} streams ended early{}; catch-up \
+             readers started {}, live lag events {}; publishes: {}",
             m.streams,
             m.open_time.as_secs_f64(),
             m.rss_open_mb,
@@ -402,6 +403,8 @@ async fn main() -> anyhow::Result<()> {
             m.first_end
                 .map(|e| format!(" (first: {e})"))
                 .unwrap_or_default(),
+            m.catch_up_readers,
+            m.lagged,
             m.publish.summary()
         ));
     }

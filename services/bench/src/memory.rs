@@ -36,6 +36,10 @@ pub(crate) struct Memory {
     pub(crate) ended_early: u64,
     pub(crate) first_end: Option<String>,
     pub(crate) publish: Arc<Outcomes>,
+    /// Catch-up readers the consumer started under traffic (`crier_catch_up_readers_total`).
+    pub(crate) catch_up_readers: f64,
+    /// Times a stream fell behind the live buffer (`crier_live_lagged_total`).
+    pub(crate) lagged: f64,
 }
 
 const PURPOSES: [(&str, &[&str]); 5] = [
@@ -85,6 +89,9 @@ pub(crate) async fn run(
         open_time.as_secs_f64()
     );
 
+    let metrics_before = crate::probe::scrape(consumer.metrics_addr())
+        .await
+        .unwrap_or_default();
     let stop = CancellationToken::new();
     let stats = Arc::new(StreamStats::default());
     let mut receivers = tokio::task::JoinSet::new();
@@ -129,6 +136,12 @@ pub(crate) async fn run(
     tokio::time::sleep(Duration::from_secs(1)).await;
     sampling.cancel();
     let rss_peak_mb = sampler.await?.max(consumer.rss_mb()?);
+    let metrics_after = crate::probe::scrape(consumer.metrics_addr())
+        .await
+        .unwrap_or_default();
+    let counter = |name: &str| {
+        crate::probe::counter(&metrics_after, name) - crate::probe::counter(&metrics_before, name)
+    };
     stop.cancel();
     while let Some(joined) = receivers.join_next().await {
         joined?;
@@ -147,5 +160,7 @@ pub(crate) async fn run(
         ended_early: stats.ended_early.load(Ordering::Relaxed),
         first_end,
         publish,
+        catch_up_readers: counter("crier_catch_up_readers_total"),
+        lagged: counter("crier_live_lagged_total"),
     })
 }

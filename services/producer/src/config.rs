@@ -129,4 +129,15 @@ impl crier_runtime::ServiceConfig for Config {
     fn log(&self) -> &LogConfig {
         &self.log
     }
+    fn check(&self) -> Result<(), String> {
+        crier_identity::Authenticator::new(&self.auth)?;
+        crier_identity::tls::server_from(&self.auth)?;
+        let path = self
+            .agreements
+            .path
+            .as_ref()
+            .ok_or("[agreements] path is required")?;
+        crier_agreements::Policy::load(path).map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }

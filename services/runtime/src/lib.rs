@@ -28,6 +28,9 @@ pub enum Error {
     /// The metrics endpoint could not start.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The configuration loaded but cannot work.
+    #[error("configuration check failed: {0}")]
+    Check(String),
     /// The gRPC address could not be bound.
     #[error("cannot listen on {0}")]
     Listen(SocketAddr, #[source] std::io::Error),
@@ -52,6 +55,11 @@ pub trait ServiceConfig: DeserializeOwned + std::fmt::Debug {
     fn metrics(&self) -> &MetricsConfig;
     /// `[log]`.
     fn log(&self) -> &LogConfig;
+    /// Checks what loading alone cannot: that the files named exist and parse, and that
+    /// callers can be authenticated.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Everything a service's `main` does before serving: load the configuration, then (unless
@@ -63,6 +71,8 @@ pub async fn start<C: ServiceConfig>(
     let config: C = load(args.config.as_deref())?;
     if args.check_config {
         println!("{config:#?}");
+        config.check().map_err(Error::Check)?;
+        println!("configuration OK");
         return Ok(None);
     }
     init_logging(config.log());
