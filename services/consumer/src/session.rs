@@ -191,7 +191,10 @@ impl Session {
             Ok(Some(_)) => Step::End(Some(Status::invalid_argument(
                 "request: after the first message (open), only ack messages are allowed",
             ))),
-            Ok(None) | Err(_) => Step::End(None),
+            Ok(None) => Step::End(None),
+            // A message that could not be read (undecodable, too large): say so, rather than
+            // ending the stream as if the client had hung up.
+            Err(status) => Step::End(Some(status)),
         }
     }
 

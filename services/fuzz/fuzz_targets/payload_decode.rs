@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use crier_agreements::{fields::FieldTree, minimise::minimise};
 use crier_schema::{Registry, registry::EVENT_TYPES};
 use libfuzzer_sys::fuzz_target;
-use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, Value};
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 

@@ -92,7 +92,7 @@ impl std::fmt::Debug for Inner {
 impl Inner {
     /// Publishes one event end to end. Never returns Ok before Kafka has acknowledged.
     async fn publish(
-        &self,
+        self: &Arc<Self>,
         caller: &Identity,
         event: Option<Event>,
     ) -> Result<PublishResponse, Status> {
@@ -109,7 +109,7 @@ impl Inner {
     }
 
     async fn publish_inner(
-        &self,
+        self: &Arc<Self>,
         caller: &Identity,
         event: Option<Event>,
     ) -> Result<PublishResponse, Status> {
@@ -147,6 +147,22 @@ impl Inner {
                 Claim::Mine => break,
             }
         }
+        // From here the claim must end in complete or release even if the caller goes away
+        // (a cancelled gRPC call drops this future): the write runs in its own task.
+        let inner = Arc::clone(self);
+        let caller = caller.clone();
+        tokio::spawn(async move { inner.commit(&caller, event, agreements).await })
+            .await
+            .unwrap_or_else(|e| Err(Status::internal(format!("publish task failed: {e}"))))
+    }
+
+    /// Writes a claimed event, settles its claim and audits it.
+    async fn commit(
+        &self,
+        caller: &Identity,
+        event: Event,
+        agreements: Vec<String>,
+    ) -> Result<PublishResponse, Status> {
         match self.write(&event).await {
             Ok(position) => {
                 self.dedup

@@ -54,6 +54,9 @@ pub fn validate_event(registry: &Registry, event: &Event, max_bytes: usize) -> R
             ),
         ));
     }
+    if let Some(time) = &event.time {
+        check_time(time)?;
+    }
     check_areas(&event.areas)?;
     match event.classification.map(|c| c.level()) {
         Some(Level::Official | Level::OfficialSensitive) => {}
@@ -89,6 +92,26 @@ pub fn normalize(event: &mut Event, now: prost_types::Timestamp) {
     if event.partition_key.is_empty() {
         event.partition_key = event.subject.clone();
     }
+}
+
+/// RFC 3339 (and so `ce_time`) covers years 1 to 9999, with nanoseconds 0 to 999,999,999;
+/// outside that, the time could not reach subscribers as it was sent.
+fn check_time(time: &prost_types::Timestamp) -> Result<(), Invalid> {
+    const MIN: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
+    const MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if !(0..=999_999_999).contains(&time.nanos) {
+        return Err(Invalid::new(
+            "event.time",
+            format!("nanos {} is outside 0 to 999999999", time.nanos),
+        ));
+    }
+    if !(MIN..=MAX).contains(&time.seconds) {
+        return Err(Invalid::new(
+            "event.time",
+            "outside the years 1 to 9999 that RFC 3339 can express",
+        ));
+    }
+    Ok(())
 }
 
 fn check_areas(areas: &[String]) -> Result<(), Invalid> {
@@ -202,6 +225,24 @@ mod tests {
                 Box::new(|e| e.classification = None),
             ),
             ("event.data", Box::new(|e| e.data = vec![0xff])),
+            (
+                "event.time",
+                Box::new(|e| {
+                    e.time = Some(prost_types::Timestamp {
+                        seconds: 1,
+                        nanos: -1,
+                    })
+                }),
+            ),
+            (
+                "event.time",
+                Box::new(|e| {
+                    e.time = Some(prost_types::Timestamp {
+                        seconds: i64::MAX,
+                        nanos: 0,
+                    })
+                }),
+            ),
             (
                 "event.data_content_type",
                 Box::new(|e| e.data_content_type = "text/plain".into()),
