@@ -332,3 +332,80 @@ async fn sigterm_on_the_consumer_saves_cursors_and_tells_streams_to_reconnect() 
     // The cursor was saved on the way out: only deliveries unacked at that moment repeat.
     assert!(report.duplicated <= WINDOW as usize, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_when_many_streams_never_read() {
+    use crier_proto::v1::{
+        Filter, Open, SubscribeRequest, subscribe_request::Request as ClientMsg,
+        subscriber_client::SubscriberClient,
+    };
+    let kafka = kafka_config("never-read");
+    let (producer, consumer) = services(&kafka);
+    settle().await;
+    let idle = consumer.rss_mib().unwrap();
+    // Many clients open a stream, then never read a byte of it.
+    let streams: usize = std::env::var("CRIER_FAULTS_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let channels: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(crier_tests::load::subscriber_channel(&consumer.url()).await);
+        }
+        v
+    };
+    let mut held = Vec::new();
+    for i in 0..streams {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(SubscribeRequest {
+            request: Some(ClientMsg::Open(Open {
+                subscription: format!("faults.never-read-{i}"),
+                filter: Some(Filter {
+                    event_types: vec![crier_tests::DEATH.into()],
+                    areas: vec![],
+                }),
+                start: None,
+                max_in_flight: 0,
+            })),
+        })
+        .await
+        .unwrap();
+        let mut client = SubscriberClient::new(channels[i % channels.len()].clone());
+        let response = client
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        held.push((tx, response));
+    }
+    let opened = consumer.rss_mib().unwrap();
+    let (citizens, per) = size();
+    let outcome = publish_load(vec![producer.url()], citizens, per * 2, GIVE_UP).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let loaded = consumer.rss_mib().unwrap();
+    println!(
+        "checker: {streams} streams that never read, {} events published: consumer RSS idle {idle:.0} MiB, streams open {opened:.0} MiB, after load {loaded:.0} MiB",
+        outcome.acked.len()
+    );
+    // Each stream holds at most its in-flight window (256) of deliveries; the bound here is
+    // generous for the window times the streams, and far below what unbounded buffering of
+    // every event for every stream would take.
+    assert!(loaded < 768.0, "consumer RSS {loaded:.0} MiB");
+    // And the service still serves: a new, reading subscriber gets new events.
+    let fresh = Collector::start(
+        vec![consumer.url()],
+        "faults.after-never-read",
+        WINDOW,
+        true,
+        Duration::ZERO,
+    );
+    settle().await;
+    let more = publish_load(vec![producer.url()], 2, 10, GIVE_UP).await;
+    assert!(
+        fresh
+            .wait_for(more.acked.len(), Duration::from_secs(60))
+            .await
+    );
+    fresh.stop().await;
+    drop(held);
+}

@@ -58,6 +58,11 @@ async fn tls_channel(url: &str, identity: &str) -> Result<Channel, tonic::transp
         .await
 }
 
+/// A TLS channel to a consumer, authenticated as the test subscriber.
+pub async fn subscriber_channel(url: &str) -> Channel {
+    tls_channel(url, SUBSCRIBER).await.unwrap()
+}
+
 /// `citizens` concurrent publishers, each sending `per_citizen` events about its own citizen
 /// one after another; a failed publish is retried with the same id until `give_up`.
 pub async fn publish_load(

@@ -193,6 +193,21 @@ impl ServiceProcess {
     pub fn url(&self) -> String {
         format!("https://localhost:{}", self.port)
     }
+
+    /// Resident memory of the process, in MiB, from `/proc/<pid>/status`.
+    pub fn rss_mib(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
 }
 
 impl Drop for ServiceProcess {

@@ -436,7 +436,7 @@ fn death(rng: &mut StdRng, areas: &[String]) -> Template {
     envelope(
         rng,
         DEATH,
-        "urn:crier:uk.gov.gro/death-registration",
+        crate::client::BENCH_SOURCE,
         vec![area],
         payload.encode_to_vec(),
     )
@@ -466,7 +466,7 @@ fn moved(rng: &mut StdRng, areas: &[String]) -> Template {
     envelope(
         rng,
         MOVED,
-        "urn:crier:uk.gov.dvla/driving-licence",
+        crate::client::BENCH_SOURCE,
         vec![new_area, old_area],
         payload.encode_to_vec(),
     )

@@ -219,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
         events_topic: format!("bench.{run_id}.events"),
         subscriptions_topic: format!("bench.{run_id}.subscriptions"),
     };
+    client::init(&env.log_dir)?;
     let sizes = pool.sizes();
     let mode = if args.quick { "quick" } else { "full" };
     eprintln!(

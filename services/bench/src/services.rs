@@ -90,6 +90,11 @@ impl Service {
             .env("CRIER_KAFKA__BOOTSTRAP_SERVERS", &env.bootstrap)
             .env("CRIER_KAFKA__EVENTS_TOPIC", &env.events_topic)
             .env("CRIER_KAFKA__SUBSCRIPTIONS_TOPIC", &env.subscriptions_topic)
+            .env(
+                "CRIER_KAFKA__AUDIT_TOPIC",
+                env.events_topic.replace(".events", ".audit"),
+            )
+            .envs(crate::client::service_env(kind == Kind::Producer))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -142,7 +147,7 @@ impl Service {
 
     /// The gRPC URL.
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("https://localhost:{}", self.grpc.port())
     }
 
     /// The Prometheus endpoint.
