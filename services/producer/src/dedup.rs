@@ -6,6 +6,11 @@
 //! retry, within the window, gets the original position back. If the first publish fails,
 //! the claim is released so the retry can write. The memory is per producer instance and is
 //! bounded by `capacity` and `window` (see ARCHITECTURE.md, "Deduplication").
+//!
+//! A pair is remembered as 128 bits of its SHA-256 and a completed one as `(partition,
+//! offset)`: by type sizes about 80 bytes an event (map entry and expiry queue), so the
+//! default million take about 80 MiB rather than the hundreds that string keys took. Two
+//! different pairs sharing 128 hash bits is not a practical concern.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -14,9 +19,21 @@ use std::{
 };
 
 use crier_proto::v1::Position;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-type Key = (String, String);
+type Key = u128;
+
+fn key(source: &str, id: &str) -> Key {
+    let mut h = Sha256::new();
+    h.update(source.as_bytes());
+    h.update([0]);
+    h.update(id.as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(bytes)
+}
 
 /// The outcome of trying to claim a `(source, id)`.
 #[derive(Debug)]
@@ -33,12 +50,14 @@ pub enum Claim {
 #[derive(Debug)]
 enum Slot {
     Pending(watch::Sender<bool>),
-    Done(Position),
+    /// Partition and offset; the topic is the service's one events topic.
+    Done(i32, i64),
 }
 
 /// The remembered `(source, id)` pairs.
 #[derive(Debug)]
 pub struct Dedup {
+    topic: String,
     window: Duration,
     capacity: usize,
     inner: Mutex<Inner>,
@@ -52,9 +71,10 @@ struct Inner {
 }
 
 impl Dedup {
-    /// Remembers completed publishes for `window`, at most `capacity` of them.
-    pub fn new(window: Duration, capacity: usize) -> Self {
+    /// Remembers completed publishes to `topic` for `window`, at most `capacity` of them.
+    pub fn new(topic: String, window: Duration, capacity: usize) -> Self {
         Self {
+            topic,
             window,
             capacity,
             inner: Mutex::default(),
@@ -65,9 +85,13 @@ impl Dedup {
     pub fn claim(&self, source: &str, id: &str) -> Claim {
         let mut inner = self.lock();
         inner.expire(Instant::now(), self.window, self.capacity);
-        let key = (source.to_owned(), id.to_owned());
+        let key = key(source, id);
         match inner.slots.get(&key) {
-            Some(Slot::Done(pos)) => Claim::Done(pos.clone()),
+            Some(Slot::Done(partition, offset)) => Claim::Done(Position {
+                topic: self.topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            }),
             Some(Slot::Pending(tx)) => Claim::Wait(tx.subscribe()),
             None => {
                 let (tx, _) = watch::channel(false);
@@ -80,8 +104,9 @@ impl Dedup {
     /// Records that the claimed pair is durably at `position`.
     pub fn complete(&self, source: &str, id: &str, position: Position) {
         let mut inner = self.lock();
-        let key = (source.to_owned(), id.to_owned());
-        if let Some(Slot::Pending(tx)) = inner.slots.insert(key.clone(), Slot::Done(position)) {
+        let key = key(source, id);
+        let done = Slot::Done(position.partition, position.offset);
+        if let Some(Slot::Pending(tx)) = inner.slots.insert(key, done) {
             let _ = tx.send(true);
         }
         inner.order.push_back((Instant::now(), key));
@@ -90,7 +115,7 @@ impl Dedup {
     /// Gives up a claim after a failed publish, waking any waiting retry.
     pub fn release(&self, source: &str, id: &str) {
         let mut inner = self.lock();
-        if let Some(Slot::Pending(tx)) = inner.slots.remove(&(source.to_owned(), id.to_owned())) {
+        if let Some(Slot::Pending(tx)) = inner.slots.remove(&key(source, id)) {
             let _ = tx.send(true);
         }
     }
@@ -108,7 +133,7 @@ impl Inner {
                 break;
             }
             if let Some((_, key)) = self.order.pop_front()
-                && matches!(self.slots.get(&key), Some(Slot::Done(_)))
+                && matches!(self.slots.get(&key), Some(Slot::Done(..)))
             {
                 self.slots.remove(&key);
             }
@@ -130,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_completed_pair_is_reported_with_its_first_position() {
-        let d = Dedup::new(Duration::from_secs(60), 10);
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
         assert!(matches!(d.claim("s", "1"), Claim::Mine));
         d.complete("s", "1", pos(7));
         assert!(matches!(d.claim("s", "1"), Claim::Done(p) if p.offset == 7));
@@ -139,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_concurrent_retry_waits_and_a_released_claim_can_be_retaken() {
-        let d = Dedup::new(Duration::from_secs(60), 10);
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
         assert!(matches!(d.claim("s", "1"), Claim::Mine));
         let Claim::Wait(rx) = d.claim("s", "1") else {
             panic!("expected to wait")
@@ -151,7 +176,7 @@ mod tests {
 
     #[test]
     fn pairs_beyond_capacity_are_forgotten_oldest_first() {
-        let d = Dedup::new(Duration::from_secs(60), 2);
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 2);
         for i in 0..3 {
             let id = i.to_string();
             assert!(matches!(d.claim("s", &id), Claim::Mine));

@@ -65,7 +65,11 @@ pub async fn serve(
         auditor,
         config.kafka.events_topic.clone(),
         config.limits.clone(),
-        Dedup::new(config.dedup.window(), config.dedup.capacity),
+        Dedup::new(
+            config.kafka.events_topic.clone(),
+            config.dedup.window(),
+            config.dedup.capacity,
+        ),
         Duration::from_millis(config.kafka.delivery_timeout_ms),
     );
 
