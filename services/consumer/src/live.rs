@@ -2,7 +2,8 @@
 //!
 //! Every stream that is up to date takes its events from this reader through a broadcast
 //! channel, so an instance reads each record from Kafka once however many subscriptions it
-//! serves (read amplification 1). A stream that is behind (replaying, resuming after an
+//! serves (read amplification 1). Records go out in batches (everything already fetched,
+//! up to [`MAX_BATCH`]), so a session wakes once per batch rather than once per record. A stream that is behind (replaying, resuming after an
 //! outage, or too slow for the broadcast buffer) reads on its own through a catch-up reader
 //! until it has caught up, then rejoins; see `session.rs`.
 
@@ -21,13 +22,19 @@ use crate::record::Record;
 
 const META_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most records in one broadcast batch.
+pub const MAX_BATCH: usize = 256;
+
+/// Records read together, in partition-offset order within each partition.
+pub type Batch = Arc<Vec<Record>>;
+
 /// Low and high watermark of one partition: the first offset still held, and the next
 /// offset to be written.
 pub type Watermarks = BTreeMap<i32, (i64, i64)>;
 
 /// The shared live reader.
 pub struct Live {
-    tx: broadcast::Sender<Arc<Record>>,
+    tx: broadcast::Sender<Batch>,
     meta: Arc<BaseConsumer>,
     topic: String,
     partitions: Vec<i32>,
@@ -58,7 +65,8 @@ impl Live {
                 .await
                 .map_err(|_| KafkaError::Canceled)??
         };
-        let (tx, _) = broadcast::channel(buffer.max(16));
+        // `buffer` counts records; the channel holds batches.
+        let (tx, _) = broadcast::channel((buffer / 32).max(16));
         let live = Arc::new(Self {
             tx,
             meta,
@@ -77,23 +85,35 @@ impl Live {
         let tx = live.tx.clone();
         tokio::spawn(async move {
             loop {
-                let msg = tokio::select! {
+                let first = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     msg = reader.recv() => msg,
                 };
-                match msg {
-                    Ok(msg) => {
-                        metrics::counter!("crier_live_records_total").increment(1);
-                        metrics::counter!("crier_live_bytes_total").increment(
-                            rdkafka::Message::payload(&msg).map_or(0, <[u8]>::len) as u64,
-                        );
-                        let _ = tx.send(Arc::new(Record::read(&msg)));
+                let mut batch = Vec::new();
+                let mut next = Some(first);
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Ok(msg) => {
+                            metrics::counter!("crier_live_bytes_total").increment(
+                                rdkafka::Message::payload(&msg).map_or(0, <[u8]>::len) as u64,
+                            );
+                            batch.push(Record::read(&msg));
+                        }
+                        Err(KafkaError::PartitionEOF(_)) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "live reader error; librdkafka will retry");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            break;
+                        }
                     }
-                    Err(KafkaError::PartitionEOF(_)) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "live reader error; librdkafka will retry");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Take what is already fetched, without waiting for more.
+                    if batch.len() < MAX_BATCH {
+                        next = futures::FutureExt::now_or_never(reader.recv());
                     }
+                }
+                if !batch.is_empty() {
+                    metrics::counter!("crier_live_records_total").increment(batch.len() as u64);
+                    let _ = tx.send(Arc::new(batch));
                 }
             }
             tokio::task::spawn_blocking(move || drop(reader));
@@ -102,7 +122,7 @@ impl Live {
     }
 
     /// A receiver for every record read from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
         self.tx.subscribe()
     }
 

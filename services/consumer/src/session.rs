@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use crate::{
-    live::Live,
+    live::{Batch, Live},
     record::Record,
     store::{StoredSubscription, SubscriptionStore},
 };
@@ -60,7 +60,7 @@ pub struct Session {
     filter: Filter,
     max_in_flight: usize,
     out: mpsc::Sender<Result<SubscribeResponse, Status>>,
-    live: broadcast::Receiver<Arc<Record>>,
+    live: broadcast::Receiver<Batch>,
     catch_up: Option<CatchUp>,
     next: BTreeMap<i32, i64>,
     unacked: BTreeMap<i32, BTreeMap<i64, Delivered>>,
@@ -108,7 +108,7 @@ impl Session {
         shared: Shared,
         caller: Identity,
         sub: StoredSubscription,
-        live: broadcast::Receiver<Arc<Record>>,
+        live: broadcast::Receiver<Batch>,
         start: BTreeMap<i32, i64>,
         high: &BTreeMap<i32, i64>,
         max_in_flight: usize,
@@ -214,27 +214,18 @@ impl Session {
         }
     }
 
-    async fn on_live(&mut self, rec: Result<Arc<Record>, broadcast::error::RecvError>) -> Step {
-        match rec {
-            Ok(rec) => {
-                let p = rec.partition;
-                let next = self.next.get(&p).copied().unwrap_or(0);
-                if rec.offset > next {
-                    // A gap: the catch-up reader must bring next..rec.offset first.
-                    self.live_skipped.insert(p, rec.offset);
-                    if self.joined.insert(p, false) == Some(true) {
-                        self.drop_catch_up();
+    async fn on_live(&mut self, batch: Result<Batch, broadcast::error::RecvError>) -> Step {
+        match batch {
+            Ok(batch) => {
+                for rec in batch.iter() {
+                    if let Step::End(status) = self.on_live_record(rec).await {
+                        return Step::End(status);
                     }
-                    return Step::Continue;
                 }
-                if rec.offset == next {
-                    self.joined.insert(p, true);
-                }
-                let step = self.handle(&rec).await;
                 if self.joined.values().all(|j| *j) {
                     self.drop_catch_up();
                 }
-                step
+                Step::Continue
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // Fell behind the live buffer: read from Kafka until caught up again.
@@ -248,6 +239,23 @@ impl Session {
                 "the live reader stopped; reconnect to resume",
             ))),
         }
+    }
+
+    async fn on_live_record(&mut self, rec: &Record) -> Step {
+        let p = rec.partition;
+        let next = self.next.get(&p).copied().unwrap_or(0);
+        if rec.offset > next {
+            // A gap: the catch-up reader must bring next..rec.offset first.
+            self.live_skipped.insert(p, rec.offset);
+            if self.joined.insert(p, false) == Some(true) {
+                self.drop_catch_up();
+            }
+            return Step::Continue;
+        }
+        if rec.offset == next {
+            self.joined.insert(p, true);
+        }
+        self.handle(rec).await
     }
 
     async fn on_catch_up(&mut self, msg: Result<Record, KafkaError>) -> Step {

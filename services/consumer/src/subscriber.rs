@@ -252,7 +252,8 @@ impl Subscriber for SubscriberService {
             .map_err(unavailable)?;
         tracing::info!(subscription = %name, created, ?start, "stream opened");
 
-        let (tx, rx) = mpsc::channel(max_in_flight + 8);
+        // A live batch may take a stream past its window by up to one batch.
+        let (tx, rx) = mpsc::channel(max_in_flight + crate::live::MAX_BATCH + 8);
         let opened = SubscribeResponse {
             response: Some(ServerMsg::Opened(Opened {
                 subscription: name,
