@@ -69,6 +69,11 @@ pub struct Session {
     /// Highest live offset per partition that arrived before `next` reached it.
     live_skipped: BTreeMap<i32, i64>,
     dirty: bool,
+    /// After a failed cursor save, no retry before this: a save waits up to the Kafka
+    /// delivery timeout, and retrying on every tick would leave no time to deliver.
+    save_not_before: Option<std::time::Instant>,
+    /// The live batch being handled, and the index of its next record.
+    pending: Option<(Batch, usize)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -137,6 +142,8 @@ impl Session {
             joined,
             live_skipped: BTreeMap::new(),
             dirty: true,
+            save_not_before: None,
+            pending: None,
         }
     }
 
@@ -154,6 +161,12 @@ impl Session {
                 )));
             }
             let room = self.in_flight < self.max_in_flight;
+            if room && self.pending.is_some() {
+                if let Step::End(status) = self.drain_pending().await {
+                    break status;
+                }
+                continue;
+            }
             let step = tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => Step::End(Some(Status::unavailable(
@@ -161,7 +174,7 @@ impl Session {
                 ))),
                 msg = inbound.message() => self.on_client(msg).await,
                 _ = flush.tick() => self.save().await,
-                rec = self.live.recv(), if room => self.on_live(rec).await,
+                rec = self.live.recv(), if room && self.pending.is_none() => self.on_live(rec).await,
                 rec = recv_catch_up(&self.catch_up), if room && self.catch_up.is_some() => {
                     self.on_catch_up(rec).await
                 }
@@ -172,6 +185,7 @@ impl Session {
         };
         self.drop_catch_up();
         self.dirty = true;
+        self.save_not_before = None;
         let _ = self.save().await;
         if let Some(status) = end {
             let _ = self.out.send(Err(status)).await;
@@ -217,15 +231,8 @@ impl Session {
     async fn on_live(&mut self, batch: Result<Batch, broadcast::error::RecvError>) -> Step {
         match batch {
             Ok(batch) => {
-                for rec in batch.iter() {
-                    if let Step::End(status) = self.on_live_record(rec).await {
-                        return Step::End(status);
-                    }
-                }
-                if self.joined.values().all(|j| *j) {
-                    self.drop_catch_up();
-                }
-                Step::Continue
+                self.pending = Some((batch, 0));
+                self.drain_pending().await
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // Fell behind the live buffer: read from Kafka until caught up again.
@@ -239,6 +246,29 @@ impl Session {
                 "the live reader stopped; reconnect to resume",
             ))),
         }
+    }
+
+    /// Handles the current live batch until it is done or the window is full; the rest
+    /// waits, so the in-flight window is never exceeded.
+    async fn drain_pending(&mut self) -> Step {
+        while self.in_flight < self.max_in_flight {
+            let Some((batch, index)) = self.pending.take() else {
+                break;
+            };
+            let Some(rec) = batch.get(index) else {
+                break;
+            };
+            if index + 1 < batch.len() {
+                self.pending = Some((batch.clone(), index + 1));
+            }
+            if let Step::End(status) = self.on_live_record(rec).await {
+                return Step::End(status);
+            }
+        }
+        if self.pending.is_none() && self.joined.values().all(|j| *j) {
+            self.drop_catch_up();
+        }
+        Step::Continue
     }
 
     async fn on_live_record(&mut self, rec: &Record) -> Step {
@@ -383,15 +413,23 @@ impl Session {
             self.dirty = false;
             return Step::Continue;
         }
+        if self
+            .save_not_before
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return Step::Continue;
+        }
         let mut sub = self.sub.clone();
         sub.cursor = cursor;
         match self.shared.store.put(sub.clone()).await {
             Ok(()) => {
                 self.sub = sub;
                 self.dirty = false;
+                self.save_not_before = None;
             }
             Err(e) => {
-                tracing::warn!(subscription = %self.sub.name, error = %e, "cursor not saved; will retry")
+                tracing::warn!(subscription = %self.sub.name, error = %e, "cursor not saved; will retry");
+                self.save_not_before = Some(std::time::Instant::now() + Duration::from_secs(5));
             }
         }
         Step::Continue

@@ -252,8 +252,7 @@ impl Subscriber for SubscriberService {
             .map_err(unavailable)?;
         tracing::info!(subscription = %name, created, ?start, "stream opened");
 
-        // A live batch may take a stream past its window by up to one batch.
-        let (tx, rx) = mpsc::channel(max_in_flight + crate::live::MAX_BATCH + 8);
+        let (tx, rx) = mpsc::channel(max_in_flight + 8);
         let opened = SubscribeResponse {
             response: Some(ServerMsg::Opened(Opened {
                 subscription: name,

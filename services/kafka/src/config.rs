@@ -50,7 +50,12 @@ impl KafkaConfig {
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers)
-            .set("client.id", "crier");
+            .set("client.id", "crier")
+            // After a broker restart, librdkafka can hold a partition whose leader it cannot
+            // place ("leader not found in cache") until the next full metadata refresh,
+            // 5 minutes by default; seen in the fault suite. Refresh often enough that such
+            // a stall lasts seconds.
+            .set("topic.metadata.refresh.interval.ms", "10000");
         c
     }
 
