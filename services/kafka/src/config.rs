@@ -98,7 +98,10 @@ impl KafkaConfig {
     /// readers that must know when they have caught up.
     pub fn catch_up_reader(&self) -> ClientConfig {
         let mut c = self.reader();
-        c.set("enable.partition.eof", "true");
+        // One of these runs per lagging stream (up to max_catch_up_readers), so its
+        // prefetch, not the live reader's, sets the memory bound under lag.
+        c.set("enable.partition.eof", "true")
+            .set("queued.max.messages.kbytes", "2048");
         self.with_overrides(c)
     }
 
