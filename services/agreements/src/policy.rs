@@ -3,7 +3,7 @@
 //! Every answer depends on the time: an agreement counts only between its `valid_from` and
 //! `valid_until`, so delivery under an expired agreement stops without anyone acting.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::{LoadError, fields::FieldTree};
 
@@ -72,6 +72,9 @@ pub struct Entitlement {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     agreements: Vec<Agreement>,
+    /// Per subscriber identity, its grants as (agreement, grant) indices: entitlement is
+    /// judged on every delivery, and a national policy lists hundreds of subscribers.
+    grants_of: HashMap<String, Vec<(usize, usize)>>,
 }
 
 /// Checks an identity's shape: `<organisation>/<system>`, each part from `[A-Za-z0-9.-]`.
@@ -92,7 +95,33 @@ pub fn check_identity(id: &str) -> Result<(), String> {
 impl Policy {
     /// A policy of these agreements.
     pub fn new(agreements: Vec<Agreement>) -> Self {
-        Self { agreements }
+        let mut grants_of: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        for (a, agreement) in agreements.iter().enumerate() {
+            for (g, grant) in agreement.subscribers.iter().enumerate() {
+                grants_of
+                    .entry(grant.identity.clone())
+                    .or_default()
+                    .push((a, g));
+            }
+        }
+        Self {
+            agreements,
+            grants_of,
+        }
+    }
+
+    /// The grants to `identity` in agreements in force at `now`, with their agreement.
+    fn grants_to<'a>(
+        &'a self,
+        identity: &str,
+        now: i64,
+    ) -> impl Iterator<Item = (&'a Agreement, &'a SubscriberGrant)> + 'a {
+        self.grants_of
+            .get(identity)
+            .into_iter()
+            .flatten()
+            .map(|(a, g)| (&self.agreements[*a], &self.agreements[*a].subscribers[*g]))
+            .filter(move |(a, _)| a.valid_from <= now && now < a.valid_until)
     }
 
     /// Loads and checks the policy file at `path`.
@@ -153,9 +182,9 @@ impl Policy {
     ) -> Result<(), Denied> {
         for t in event_types {
             let grants: Vec<&SubscriberGrant> = self
-                .in_force(now)
-                .flat_map(|a| &a.subscribers)
-                .filter(|g| g.identity == identity && g.fields.contains_key(t))
+                .grants_to(identity, now)
+                .map(|(_, g)| g)
+                .filter(|g| g.fields.contains_key(t))
                 .collect();
             if grants.is_empty() {
                 return Err(Denied(format!(
@@ -191,25 +220,20 @@ impl Policy {
     ) -> Option<Entitlement> {
         let mut agreements = Vec::new();
         let mut fields: Option<FieldTree> = None;
-        for a in self.in_force(now) {
-            for g in &a.subscribers {
-                if g.identity != identity {
-                    continue;
-                }
-                let Some(tree) = g.fields.get(event_type) else {
-                    continue;
-                };
-                if !areas.clone().any(|area| g.covers_area(area)) {
-                    continue;
-                }
-                if !agreements.contains(&a.id) {
-                    agreements.push(a.id.clone());
-                }
-                fields = Some(match fields {
-                    Some(f) => f.union(tree),
-                    None => tree.clone(),
-                });
+        for (a, g) in self.grants_to(identity, now) {
+            let Some(tree) = g.fields.get(event_type) else {
+                continue;
+            };
+            if !areas.clone().any(|area| g.covers_area(area)) {
+                continue;
             }
+            if !agreements.contains(&a.id) {
+                agreements.push(a.id.clone());
+            }
+            fields = Some(match fields {
+                Some(f) => f.union(tree),
+                None => tree.clone(),
+            });
         }
         fields.map(|fields| Entitlement { agreements, fields })
     }

@@ -27,7 +27,8 @@ pub enum ReadError {
     },
 }
 
-/// Every record in `topic` (one partition), in order. Blocking: call from a plain thread or
+/// Every record in `topic` (one partition), in order, unpacked from the messages that
+/// hold them. Blocking: call from a plain thread or
 /// `spawn_blocking`.
 pub fn read_all(config: &KafkaConfig, topic: &str) -> Result<Vec<AuditRecord>, ReadError> {
     let consumer: BaseConsumer = config.reader().create()?;
@@ -45,14 +46,16 @@ pub fn read_all(config: &KafkaConfig, topic: &str) -> Result<Vec<AuditRecord>, R
         match consumer.poll(timeout) {
             Some(Ok(msg)) => {
                 next = msg.offset() + 1;
-                let record =
-                    serde_json::from_slice(msg.payload().unwrap_or_default()).map_err(|e| {
-                        ReadError::Malformed {
+                // One message holds one or more records, a JSON object per line.
+                let lines = msg.payload().unwrap_or_default().split(|b| *b == b'\n');
+                for line in lines.filter(|l| !l.is_empty()) {
+                    let record =
+                        serde_json::from_slice(line).map_err(|e| ReadError::Malformed {
                             offset: msg.offset(),
                             reason: e.to_string(),
-                        }
-                    })?;
-                records.push(record);
+                        })?;
+                    records.push(record);
+                }
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => return Err(e.into()),

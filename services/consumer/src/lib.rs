@@ -9,6 +9,7 @@
 //!
 //! [`serve`] is the whole service as a library function, so tests run it in-process.
 
+pub mod batch;
 pub mod config;
 pub mod live;
 pub mod record;

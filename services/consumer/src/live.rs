@@ -2,10 +2,12 @@
 //!
 //! Every stream that is up to date takes its events from this reader through a broadcast
 //! channel, so an instance reads each record from Kafka once however many subscriptions it
-//! serves (read amplification 1). Records go out in batches (everything already fetched,
-//! up to [`MAX_BATCH`]), so a session wakes once per batch rather than once per record. A stream that is behind (replaying, resuming after an
-//! outage, or too slow for the broadcast buffer) reads on its own through a catch-up reader
-//! until it has caught up, then rejoins; see `session.rs`.
+//! serves (read amplification 1). Records go out in indexed batches (see `batch.rs`): what
+//! arrives within [`COALESCE`] of the first record, up to [`MAX_BATCH`], so that with
+//! hundreds of streams each wakes a few hundred times a second at most, not once per record.
+//! A stream that is behind (replaying, resuming after an outage, or too slow for the
+//! broadcast buffer) reads on its own through a catch-up reader until it has caught up, then
+//! rejoins; see `session.rs`.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -18,15 +20,16 @@ use rdkafka::{
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::Record;
+use crate::{batch::Batch, record::Record};
 
 const META_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most records in one broadcast batch.
 pub const MAX_BATCH: usize = 256;
 
-/// Records read together, in partition-offset order within each partition.
-pub type Batch = Arc<Vec<Record>>;
+/// How long a batch stays open for more records after its first: a bound on the latency
+/// added, traded for fewer wake-ups of every stream.
+pub const COALESCE: Duration = Duration::from_millis(2);
 
 /// Low and high watermark of one partition: the first offset still held, and the next
 /// offset to be written.
@@ -34,7 +37,7 @@ pub type Watermarks = BTreeMap<i32, (i64, i64)>;
 
 /// The shared live reader.
 pub struct Live {
-    tx: broadcast::Sender<Batch>,
+    tx: broadcast::Sender<Arc<Batch>>,
     meta: Arc<BaseConsumer>,
     topic: String,
     partitions: Vec<i32>,
@@ -65,8 +68,8 @@ impl Live {
                 .await
                 .map_err(|_| KafkaError::Canceled)??
         };
-        // `buffer` counts records; the channel holds batches.
-        let (tx, _) = broadcast::channel((buffer / 32).max(16));
+        // `buffer` counts records; the channel holds batches, mostly far from full.
+        let (tx, _) = broadcast::channel((buffer / 16).max(64));
         let live = Arc::new(Self {
             tx,
             meta,
@@ -90,6 +93,7 @@ impl Live {
                     msg = reader.recv() => msg,
                 };
                 let mut batch = Vec::new();
+                let close_at = tokio::time::Instant::now() + COALESCE;
                 let mut next = Some(first);
                 while let Some(msg) = next.take() {
                     match msg {
@@ -106,14 +110,14 @@ impl Live {
                             break;
                         }
                     }
-                    // Take what is already fetched, without waiting for more.
                     if batch.len() < MAX_BATCH {
-                        next = futures::FutureExt::now_or_never(reader.recv());
+                        next = tokio::time::timeout_at(close_at, reader.recv()).await.ok();
                     }
                 }
                 if !batch.is_empty() {
                     metrics::counter!("crier_live_records_total").increment(batch.len() as u64);
-                    let _ = tx.send(Arc::new(batch));
+                    metrics::counter!("crier_live_batches_total").increment(1);
+                    let _ = tx.send(Arc::new(Batch::new(batch)));
                 }
             }
             tokio::task::spawn_blocking(move || drop(reader));
@@ -122,7 +126,7 @@ impl Live {
     }
 
     /// A receiver for every record read from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
         self.tx.subscribe()
     }
 

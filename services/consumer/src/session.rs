@@ -13,7 +13,11 @@
 //! nothing is outstanding), so a crash or disconnect re-delivers exactly the unacknowledged
 //! events, in order.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use crier_agreements::reload::PolicyHandle;
 use crier_audit::{Action, Auditor, Entry};
@@ -33,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use crate::{
-    live::{Batch, Live},
+    batch::Batch,
+    live::Live,
     record::Record,
     store::{StoredSubscription, SubscriptionStore},
 };
@@ -60,10 +65,11 @@ pub struct Session {
     filter: Filter,
     max_in_flight: usize,
     out: mpsc::Sender<Result<SubscribeResponse, Status>>,
-    live: broadcast::Receiver<Batch>,
+    live: broadcast::Receiver<Arc<Batch>>,
     catch_up: Option<CatchUp>,
     next: BTreeMap<i32, i64>,
-    unacked: BTreeMap<i32, BTreeMap<i64, Delivered>>,
+    /// Per partition, the offsets delivered and not yet acknowledged.
+    unacked: BTreeMap<i32, BTreeSet<i64>>,
     in_flight: usize,
     joined: BTreeMap<i32, bool>,
     /// Highest live offset per partition that arrived before `next` reached it.
@@ -72,8 +78,21 @@ pub struct Session {
     /// After a failed cursor save, no retry before this: a save waits up to the Kafka
     /// delivery timeout, and retrying on every tick would leave no time to deliver.
     save_not_before: Option<std::time::Instant>,
-    /// The live batch being handled, and the index of its next record.
-    pending: Option<(Batch, usize)>,
+    /// The live batch being delivered.
+    pending: Option<Pending>,
+}
+
+/// A live batch being delivered: the records this stream wants from it, and how far it
+/// has got, so that a full in-flight window can pause it.
+struct Pending {
+    batch: Arc<Batch>,
+    /// Indices of the matching records, ascending.
+    matches: Vec<u32>,
+    /// How many of `matches` are handled.
+    done: usize,
+    /// Per partition the batch brings forward, the offset after its last record: `next`
+    /// moves there once every match is handled, past the records that did not match.
+    ends: Vec<(i32, i64)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -84,15 +103,6 @@ impl std::fmt::Debug for Session {
             .field("in_flight", &self.in_flight)
             .finish_non_exhaustive()
     }
-}
-
-/// What the audit record of an acknowledgement needs to say.
-#[derive(Clone)]
-struct Delivered {
-    event_id: String,
-    event_type: String,
-    subject: String,
-    agreements: Vec<String>,
 }
 
 struct CatchUp {
@@ -113,7 +123,7 @@ impl Session {
         shared: Shared,
         caller: Identity,
         sub: StoredSubscription,
-        live: broadcast::Receiver<Batch>,
+        live: broadcast::Receiver<Arc<Batch>>,
         start: BTreeMap<i32, i64>,
         high: &BTreeMap<i32, i64>,
         max_in_flight: usize,
@@ -136,7 +146,7 @@ impl Session {
             out,
             live,
             catch_up: None,
-            unacked: start.keys().map(|p| (*p, BTreeMap::new())).collect(),
+            unacked: start.keys().map(|p| (*p, BTreeSet::new())).collect(),
             next: start,
             in_flight: 0,
             joined,
@@ -197,9 +207,7 @@ impl Session {
             Ok(Some(SubscribeRequest {
                 request: Some(Request::Ack(ack)),
             })) => {
-                for id in &ack.ack_ids {
-                    self.ack(id).await;
-                }
+                self.ack(&ack.ack_ids).await;
                 Step::Continue
             }
             Ok(Some(_)) => Step::End(Some(Status::invalid_argument(
@@ -212,26 +220,40 @@ impl Session {
         }
     }
 
-    async fn ack(&mut self, ack_id: &str) {
-        let parsed = ack_id
-            .split_once(':')
-            .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)));
-        let Some((p, o)) = parsed else {
-            metrics::counter!("crier_unknown_acks_total").increment(1);
-            return;
-        };
-        if let Some(done) = self.unacked.get_mut(&p).and_then(|m| m.remove(&o)) {
-            self.in_flight -= 1;
-            self.dirty = true;
-            metrics::counter!("crier_acks_total").increment(1);
-            self.audit(Action::Ack, done, format!("{p}:{o}")).await;
+    /// Settles acknowledged deliveries, and audits them in one record per Ack message: the
+    /// positions name the deliveries, whose own records say what was delivered.
+    async fn ack(&mut self, ack_ids: &[String]) {
+        let mut settled = Vec::new();
+        for ack_id in ack_ids {
+            let parsed = ack_id
+                .split_once(':')
+                .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)));
+            let Some((p, o)) = parsed else {
+                metrics::counter!("crier_unknown_acks_total").increment(1);
+                continue;
+            };
+            if self.unacked.get_mut(&p).is_some_and(|m| m.remove(&o)) {
+                self.in_flight -= 1;
+                settled.push(ack_id.as_str());
+            }
         }
+        if settled.is_empty() {
+            return;
+        }
+        self.dirty = true;
+        metrics::counter!("crier_acks_total").increment(settled.len() as u64);
+        self.audit(Entry {
+            action: Some(Action::Ack),
+            detail: settled.join(" "),
+            ..Default::default()
+        })
+        .await;
     }
 
-    async fn on_live(&mut self, batch: Result<Batch, broadcast::error::RecvError>) -> Step {
+    async fn on_live(&mut self, batch: Result<Arc<Batch>, broadcast::error::RecvError>) -> Step {
         match batch {
             Ok(batch) => {
-                self.pending = Some((batch, 0));
+                self.pending = Some(self.start_batch(batch));
                 self.drain_pending().await
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -248,44 +270,68 @@ impl Session {
         }
     }
 
-    /// Handles the current live batch until it is done or the window is full; the rest
-    /// waits, so the in-flight window is never exceeded.
-    async fn drain_pending(&mut self) -> Step {
-        while self.in_flight < self.max_in_flight {
-            let Some((batch, index)) = self.pending.take() else {
-                break;
-            };
-            let Some(rec) = batch.get(index) else {
-                break;
-            };
-            if index + 1 < batch.len() {
-                self.pending = Some((batch.clone(), index + 1));
+    /// Decides what this stream takes from a live batch. A partition whose first record in
+    /// the batch is beyond `next` has a gap, which the catch-up reader fills first; any
+    /// other partition the batch covers has joined the live reader.
+    fn start_batch(&mut self, batch: Arc<Batch>) -> Pending {
+        let mut from = BTreeMap::new();
+        let mut ends = Vec::new();
+        for (&p, &(first, last)) in batch.ranges() {
+            let next = self.next.get(&p).copied().unwrap_or(0);
+            if first > next {
+                self.live_skipped.insert(p, last);
+                if self.joined.insert(p, false) == Some(true) {
+                    self.drop_catch_up();
+                }
+            } else if last >= next {
+                self.joined.insert(p, true);
+                from.insert(p, next);
+                ends.push((p, last + 1));
             }
-            if let Step::End(status) = self.on_live_record(rec).await {
+        }
+        let matches = batch.matching(&self.filter, |p, o| from.get(&p).is_some_and(|f| o >= *f));
+        Pending {
+            batch,
+            matches,
+            done: 0,
+            ends,
+        }
+    }
+
+    /// Delivers the current live batch's matches until they are done or the window is
+    /// full; the rest waits, so the in-flight window is never exceeded.
+    async fn drain_pending(&mut self) -> Step {
+        while let Some(pending) = &mut self.pending {
+            let Some(&i) = pending.matches.get(pending.done) else {
+                for (p, end) in &pending.ends {
+                    let next = self.next.entry(*p).or_insert(0);
+                    if *next < *end {
+                        *next = *end;
+                        self.dirty = true;
+                    }
+                }
+                self.pending = None;
+                break;
+            };
+            if self.in_flight >= self.max_in_flight {
+                return Step::Continue;
+            }
+            pending.done += 1;
+            let batch = Arc::clone(&pending.batch);
+            let rec = &batch.records()[i as usize];
+            // The records between `next` and this one are in the batch and do not match.
+            let next = self.next.entry(rec.partition).or_insert(0);
+            if *next < rec.offset {
+                *next = rec.offset;
+            }
+            if let Step::End(status) = self.handle(rec).await {
                 return Step::End(status);
             }
         }
-        if self.pending.is_none() && self.joined.values().all(|j| *j) {
+        if self.joined.values().all(|j| *j) {
             self.drop_catch_up();
         }
         Step::Continue
-    }
-
-    async fn on_live_record(&mut self, rec: &Record) -> Step {
-        let p = rec.partition;
-        let next = self.next.get(&p).copied().unwrap_or(0);
-        if rec.offset > next {
-            // A gap: the catch-up reader must bring next..rec.offset first.
-            self.live_skipped.insert(p, rec.offset);
-            if self.joined.insert(p, false) == Some(true) {
-                self.drop_catch_up();
-            }
-            return Step::Continue;
-        }
-        if rec.offset == next {
-            self.joined.insert(p, true);
-        }
-        self.handle(rec).await
     }
 
     async fn on_catch_up(&mut self, msg: Result<Record, KafkaError>) -> Step {
@@ -348,12 +394,17 @@ impl Session {
             &event.data,
             &entitled.fields,
         );
-        let done = Delivered {
+        let ack_id = format!("{p}:{}", rec.offset);
+        self.audit(Entry {
+            action: Some(Action::Deliver),
             event_id: event.id.clone(),
             event_type: event.r#type.clone(),
             subject: event.subject.clone(),
             agreements: entitled.agreements,
-        };
+            detail: ack_id.clone(),
+            ..Default::default()
+        })
+        .await;
         let delivery = Delivery {
             event: Some(minimised),
             position: Some(Position {
@@ -361,11 +412,9 @@ impl Session {
                 partition: p,
                 offset: rec.offset,
             }),
-            ack_id: format!("{p}:{}", rec.offset),
+            ack_id,
         };
-        self.audit(Action::Deliver, done.clone(), format!("{p}:{}", rec.offset))
-            .await;
-        self.unacked.entry(p).or_default().insert(rec.offset, done);
+        self.unacked.entry(p).or_default().insert(rec.offset);
         self.in_flight += 1;
         metrics::counter!("crier_deliveries_total").increment(1);
         let response = SubscribeResponse {
@@ -377,18 +426,14 @@ impl Session {
         Step::Continue
     }
 
-    async fn audit(&self, action: Action, what: Delivered, position: String) {
+    /// Records `entry` as done by this stream's caller on this subscription.
+    async fn audit(&self, entry: Entry) {
         self.shared
             .auditor
             .record(Entry {
-                action: Some(action),
                 actor: self.caller.to_string(),
                 subscription: self.sub.name.clone(),
-                event_id: what.event_id,
-                event_type: what.event_type,
-                subject: what.subject,
-                agreements: what.agreements,
-                detail: position,
+                ..entry
             })
             .await;
     }
@@ -398,7 +443,7 @@ impl Session {
         self.next
             .iter()
             .map(|(p, next)| {
-                let first_unacked = self.unacked.get(p).and_then(|m| m.keys().next().copied());
+                let first_unacked = self.unacked.get(p).and_then(|m| m.first().copied());
                 (*p, first_unacked.unwrap_or(*next))
             })
             .collect()
