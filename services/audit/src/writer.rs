@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use crier_kafka::KafkaConfig;
 use futures::{StreamExt, stream::FuturesOrdered};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -84,18 +83,16 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// Starts the writer for `topic`. The returned task ends, after flushing, once every
-    /// `Auditor` clone is dropped.
-    pub fn start(
-        config: &KafkaConfig,
-        topic: String,
-    ) -> Result<(Self, JoinHandle<()>), rdkafka::error::KafkaError> {
-        let producer: FutureProducer = config.producer().create()?;
+    /// Starts the writer for `topic`, through `producer` (made from
+    /// `KafkaConfig::producer`, so idempotent and acks=all). Sharing the service's own
+    /// producer lets audit records ride in the same Kafka requests as the events they are
+    /// about. The returned task ends, after flushing, once every `Auditor` clone is dropped.
+    pub fn start(producer: FutureProducer, topic: String) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
         let chain = Chain::new(uuid::Uuid::now_v7().to_string());
         tracing::info!(chain = %chain.id, %topic, "audit chain started");
         let task = tokio::spawn(write(producer, topic, chain, rx));
-        Ok((Self { tx }, task))
+        (Self { tx }, task)
     }
 
     /// Records `entry`. Waits while the writer is behind.

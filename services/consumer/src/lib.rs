@@ -65,8 +65,10 @@ pub async fn serve(
     let _stop_readers = readers.clone().drop_guard();
     let policy = crier_agreements::reload::load_and_watch(&config.agreements, readers.clone())
         .map_err(Error::Config)?;
+    // One Kafka producer for the instance's writes: cursors and audit records.
+    let producer: rdkafka::producer::FutureProducer = config.kafka.producer().create()?;
     let (auditor, audit_task) =
-        crier_audit::Auditor::start(&config.kafka, config.kafka.audit_topic.clone())?;
+        crier_audit::Auditor::start(producer.clone(), config.kafka.audit_topic.clone());
     // Partition leaders may still be being elected just after the topics were created.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let live = loop {
@@ -86,6 +88,7 @@ pub async fn serve(
     };
     let store = Arc::new(store::SubscriptionStore::start(
         &config.kafka,
+        producer,
         readers.clone(),
     )?);
     let shared = Shared {

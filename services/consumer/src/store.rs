@@ -62,10 +62,14 @@ impl std::fmt::Debug for SubscriptionStore {
 }
 
 impl SubscriptionStore {
-    /// Starts tailing the subscriptions topic from its beginning, until `shutdown`.
-    pub fn start(config: &KafkaConfig, shutdown: CancellationToken) -> Result<Self, KafkaError> {
+    /// Starts tailing the subscriptions topic from its beginning, until `shutdown`; writes
+    /// go through `producer`.
+    pub fn start(
+        config: &KafkaConfig,
+        producer: FutureProducer,
+        shutdown: CancellationToken,
+    ) -> Result<Self, KafkaError> {
         let topic = config.subscriptions_topic.clone();
-        let producer: FutureProducer = config.producer().create()?;
         let reader: StreamConsumer = config.reader().create()?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;

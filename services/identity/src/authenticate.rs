@@ -1,6 +1,9 @@
 //! The interceptor that turns a client certificate or a bearer token into an [`Identity`].
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -18,7 +21,14 @@ struct Inner {
     trust_domain: String,
     mtls: bool,
     jwt: Option<(DecodingKey, Validation)>,
+    /// Credentials already checked, by their bytes, with the Unix second they stop being
+    /// good (a token's `exp`). A client makes thousands of calls with one certificate or
+    /// token; parsing a certificate or verifying a signature on each was measurable.
+    seen: Mutex<HashMap<Vec<u8>, (Identity, u64)>>,
 }
+
+/// Most credentials remembered; past this the memory is cleared rather than grown.
+const MAX_SEEN: usize = 10_000;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,6 +43,7 @@ impl std::fmt::Debug for Authenticator {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
 }
 
 impl Authenticator {
@@ -72,6 +83,7 @@ impl Authenticator {
                 trust_domain: config.trust_domain.clone(),
                 mtls,
                 jwt,
+                seen: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -79,20 +91,49 @@ impl Authenticator {
     /// The caller's identity, or why not.
     pub fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
         if let Some(token) = bearer(request)? {
-            return self.identify_token(token);
+            return self.remembered(token.as_bytes(), || self.identify_token(token));
         }
-        let leaf = request
-            .peer_certs()
-            .and_then(|certs| certs.first().cloned());
-        if let (true, Some(leaf)) = (self.inner.mtls, leaf) {
-            return self.identify_certificate(leaf.as_ref());
+        let certs = request.peer_certs();
+        if let (true, Some(leaf)) = (self.inner.mtls, certs.as_ref().and_then(|c| c.first())) {
+            // The certificate's chain and validity were checked in the TLS handshake; what
+            // is remembered is only the identity read from it.
+            return self.remembered(leaf.as_ref(), || {
+                self.identify_certificate(leaf.as_ref())
+                    .map(|id| (id, u64::MAX))
+            });
         }
         Err(Status::unauthenticated(
             "no credentials: present a client certificate or an `authorization: Bearer <JWT>` header",
         ))
     }
 
-    fn identify_token(&self, token: &str) -> Result<Identity, Status> {
+    /// The identity for `credential`, from memory while it is good, otherwise from `check`.
+    fn remembered(
+        &self,
+        credential: &[u8],
+        check: impl FnOnce() -> Result<(Identity, u64), Status>,
+    ) -> Result<Identity, Status> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let seen = |m: &HashMap<Vec<u8>, (Identity, u64)>| {
+            m.get(credential)
+                .filter(|(_, until)| now < *until)
+                .map(|(id, _)| id.clone())
+        };
+        if let Some(id) = seen(&self.inner.seen.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(id);
+        }
+        let (id, until) = check()?;
+        let mut memory = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if memory.len() >= MAX_SEEN {
+            memory.clear();
+        }
+        memory.insert(credential.to_vec(), (id.clone(), until));
+        Ok(id)
+    }
+
+    fn identify_token(&self, token: &str) -> Result<(Identity, u64), Status> {
         let Some((key, validation)) = &self.inner.jwt else {
             return Err(Status::unauthenticated(
                 "bearer tokens are not accepted here",
@@ -100,12 +141,13 @@ impl Authenticator {
         };
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| Status::unauthenticated(format!("invalid bearer token: {e}")))?;
-        Identity::parse(&data.claims.sub).ok_or_else(|| {
+        let id = Identity::parse(&data.claims.sub).ok_or_else(|| {
             Status::unauthenticated(format!(
                 "token sub '{}' is not <organisation>/<system>",
                 data.claims.sub
             ))
-        })
+        })?;
+        Ok((id, data.claims.exp))
     }
 
     fn identify_certificate(&self, der: &[u8]) -> Result<Identity, Status> {

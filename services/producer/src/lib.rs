@@ -51,14 +51,13 @@ pub async fn serve(
     let _stop_watching = stop_watching.clone().drop_guard();
     let policy = crier_agreements::reload::load_and_watch(&config.agreements, stop_watching)
         .map_err(Error::Config)?;
-    let (auditor, audit_task) =
-        crier_audit::Auditor::start(&config.kafka, config.kafka.audit_topic.clone())
-            .map_err(crier_kafka::Error::from)?;
     let producer: FutureProducer = config
         .kafka
         .producer()
         .create()
         .map_err(crier_kafka::Error::from)?;
+    let (auditor, audit_task) =
+        crier_audit::Auditor::start(producer.clone(), config.kafka.audit_topic.clone());
     let service = PublisherService::new(
         producer.clone(),
         policy,

@@ -78,31 +78,59 @@ impl Registry {
 }
 
 fn reject_unknown_fields(msg: &DynamicMessage, path: &str) -> Result<(), Invalid> {
+    let Some(found) = first_unknown(msg) else {
+        return Ok(());
+    };
+    // The path is built only for a refusal: valid payloads are the common case.
+    let mut field = path.to_owned();
+    for step in found.path.iter().rev() {
+        field.push_str(step);
+    }
+    Err(Invalid::new(
+        field,
+        format!(
+            "field number {} is not defined in {}; was the payload encoded with the right type?",
+            found.number, found.message
+        ),
+    ))
+}
+
+/// A field number the schema does not define, where it was found (path steps innermost
+/// first, such as `.name` or `[2]`) and in which message type.
+struct Unknown {
+    path: Vec<String>,
+    number: u32,
+    message: String,
+}
+
+fn first_unknown(msg: &DynamicMessage) -> Option<Unknown> {
     if let Some(unknown) = msg.unknown_fields().next() {
-        return Err(Invalid::new(
-            path,
-            format!(
-                "field number {} is not defined in {}; was the payload encoded with the right type?",
-                unknown.number(),
-                msg.descriptor().full_name()
-            ),
-        ));
+        return Some(Unknown {
+            path: Vec::new(),
+            number: unknown.number(),
+            message: msg.descriptor().full_name().to_owned(),
+        });
     }
     for (field, value) in msg.fields() {
-        let here = format!("{path}.{}", field.name());
-        match value {
-            Value::Message(inner) => reject_unknown_fields(inner, &here)?,
-            Value::List(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let Value::Message(inner) = item {
-                        reject_unknown_fields(inner, &format!("{here}[{i}]"))?;
-                    }
-                }
-            }
-            _ => {}
+        let found = match value {
+            Value::Message(inner) => first_unknown(inner),
+            Value::List(items) => items.iter().enumerate().find_map(|(i, item)| {
+                let Value::Message(inner) = item else {
+                    return None;
+                };
+                first_unknown(inner).map(|mut u| {
+                    u.path.push(format!("[{i}]"));
+                    u
+                })
+            }),
+            _ => None,
+        };
+        if let Some(mut u) = found {
+            u.path.push(format!(".{}", field.name()));
+            return Some(u);
         }
     }
-    Ok(())
+    None
 }
 
 #[cfg(test)]
@@ -151,5 +179,33 @@ mod tests {
             .decode("crier.events.v1.DeathRegistered", &[0x98, 0x06, 0x01])
             .unwrap_err();
         assert!(err.message.contains("field number 99"), "{err}");
+    }
+
+    #[test]
+    fn an_undefined_field_deep_inside_is_named_by_its_path() {
+        let registry = Registry::new();
+        let desc = registry
+            .event_type("crier.events.v1.DeathRegistered")
+            .unwrap();
+        let name_field = desc.get_field_by_name("name").unwrap().number();
+        // PersonName with given_names "A" and an undefined field 99 (varint 1).
+        let inner = [0x0a, 0x01, b'A', 0x98, 0x06, 0x01];
+        let mut payload = Vec::new();
+        prost::encoding::encode_key(
+            name_field,
+            prost::encoding::WireType::LengthDelimited,
+            &mut payload,
+        );
+        payload.push(inner.len() as u8);
+        payload.extend_from_slice(&inner);
+        let err = registry
+            .decode("crier.events.v1.DeathRegistered", &payload)
+            .unwrap_err();
+        assert_eq!(err.field, "event.data.name", "{err}");
+        assert!(
+            err.message
+                .contains("field number 99 is not defined in crier.events.v1.PersonName"),
+            "{err}"
+        );
     }
 }
