@@ -11,6 +11,9 @@
 # The broker settings of deploy/kafka.sh are honoured (CRIER_KAFKA_PORT,
 # CRIER_KAFKA_CONTROLLER_PORT, CRIER_KAFKA_DIR, ...), so a second broker on other ports
 # works too. CARGO_TARGET_DIR is honoured as well. Figures are printed, never asserted.
+#
+# CRIER_BENCH_PROFILE=dev builds and runs debug binaries instead: figures from it mean
+# nothing, but deploy/test.sh uses it for the CI smoke test, reusing the test build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,20 +27,26 @@ trap finish EXIT
 
 for arg in "$@"; do
   if [ "$arg" = "--help" ] || [ "$arg" = "-h" ]; then
-    cargo run --quiet --release -p crier-bench -- --help
+    cargo run --quiet --locked -p crier-bench -- --help
     exit 0
   fi
 done
 
-say "building release binaries (crier-bench, crier-producer, crier-consumer)"
-cargo build --release --locked -p crier-bench -p crier-producer -p crier-consumer
+profile="${CRIER_BENCH_PROFILE:-release}"
+case "$profile" in
+  release) build=(--release); bin_sub=release ;;
+  dev) build=(); bin_sub=debug ;;
+  *) say "CRIER_BENCH_PROFILE must be release or dev, not '$profile'"; exit 2 ;;
+esac
+say "building $profile binaries (crier-bench, crier-producer, crier-consumer)"
+cargo build "${build[@]}" --locked -p crier-bench -p crier-producer -p crier-consumer
 
 if ! deploy/kafka.sh status >/dev/null 2>&1; then
   deploy/kafka.sh start
   started_kafka=1
 fi
 bootstrap="$(deploy/kafka.sh bootstrap)"
-bin_dir="${CARGO_TARGET_DIR:-target}/release"
+bin_dir="${CARGO_TARGET_DIR:-target}/$bin_sub"
 
 say "running crier-bench against Kafka at $bootstrap"
 "$bin_dir/crier-bench" --kafka "$bootstrap" --bin-dir "$bin_dir" "$@"

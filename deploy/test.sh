@@ -2,7 +2,9 @@
 # Runs every check and test Crier has, against a real Kafka broker started by kafka.sh.
 # This is quick-start command (2) in the README, and what .ci/run calls.
 #
-#   deploy/test.sh            fmt, clippy, unit tests, then the e2e suite on real Kafka
+#   deploy/test.sh            fmt, clippy, every test target on real Kafka, then the
+#                             benchmark's quick mode as a smoke test (debug build; its
+#                             figures are printed, not judged; CRIER_SKIP_BENCH=1 skips it)
 #
 # A broker that is already running (deploy/kafka.sh status) is used and left running;
 # otherwise one is started and stopped again at the end.
@@ -37,6 +39,10 @@ set +e
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+if [ "$status" = 0 ] && [ "${CRIER_SKIP_BENCH:-0}" != 1 ]; then
+  say "benchmark smoke test (deploy/bench.sh --quick on debug binaries; figures not judged)"
+  CRIER_BENCH_PROFILE=dev deploy/bench.sh --quick --json .cache/bench-quick.json || status=$?
+fi
 # One closing line for the whole run: the sum of every test binary's result line.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "crier: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -53,6 +53,9 @@ pub(crate) struct E2e {
     pub(crate) delivered: u64,
     pub(crate) undelivered: u64,
     pub(crate) duplicates: u64,
+    /// Deliveries of events whose publish the bench saw fail (a client timeout, for
+    /// example) but which Kafka stored anyway: not due, and not redeliveries either.
+    pub(crate) of_failed_publishes: u64,
     pub(crate) ended_early: u64,
     pub(crate) open_time: Duration,
     pub(crate) drain_time: Duration,
@@ -102,8 +105,12 @@ struct Tracker {
     scheduled: Vec<AtomicU64>,
     outstanding: AtomicU64,
     duplicates: AtomicU64,
+    of_failed_publishes: AtomicU64,
     payload_bytes: AtomicU64,
 }
+
+/// `remaining` of an event whose publish failed.
+const FAILED: u32 = u32::MAX;
 
 impl Tracker {
     fn delivered(&self, correlation_id: &str, at: Instant, h: &mut Histogram<u64>) {
@@ -117,11 +124,20 @@ impl Tracker {
         let Some(remaining) = self.remaining.get(seq) else {
             return;
         };
-        let was = remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));
-        if was.is_err() {
+        let was = remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+            if r == FAILED { None } else { r.checked_sub(1) }
+        });
+        match was {
+            Err(FAILED) => {
+                self.of_failed_publishes.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             // Delivered more often than due: a redelivery.
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
-            return;
+            Err(_) => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(_) => {}
         }
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
         let scheduled = self.started + Duration::from_nanos(ns);
@@ -155,6 +171,7 @@ pub(crate) async fn run(
         scheduled: (0..events).map(|_| AtomicU64::new(0)).collect(),
         outstanding: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
+        of_failed_publishes: AtomicU64::new(0),
         payload_bytes: AtomicU64::new(0),
     });
     let stop = CancellationToken::new();
@@ -213,8 +230,8 @@ pub(crate) async fn run(
                     publish.ok(&window, Instant::now(), 1);
                     tracker.payload_bytes.fetch_add(payload, Ordering::Relaxed);
                 } else if let Some(r) = tracker.remaining.get(i) {
-                    // Not published: nothing is due for it.
-                    let due = r.swap(0, Ordering::AcqRel);
+                    // Not acknowledged: nothing is due for it, though Kafka may have it.
+                    let due = r.swap(FAILED, Ordering::AcqRel);
                     tracker
                         .outstanding
                         .fetch_sub(u64::from(due), Ordering::AcqRel);
@@ -252,7 +269,7 @@ pub(crate) async fn run(
     let mut undelivered = 0u64;
     for (r, s) in tracker.remaining.iter().zip(&tracker.scheduled) {
         let missing = r.load(Ordering::Acquire);
-        if missing == 0 {
+        if missing == 0 || missing == FAILED {
             continue;
         }
         undelivered += u64::from(missing);
@@ -285,14 +302,16 @@ pub(crate) async fn run(
     };
     let delivered = stats.deliveries.load(Ordering::Relaxed);
     let duplicates = tracker.duplicates.load(Ordering::Relaxed);
+    let of_failed_publishes = tracker.of_failed_publishes.load(Ordering::Relaxed);
     Ok(E2e {
         histogram,
         subscriptions: specs.len(),
         published,
-        expected: delivered - duplicates + undelivered,
+        expected: delivered - duplicates - of_failed_publishes + undelivered,
         delivered,
         undelivered,
         duplicates,
+        of_failed_publishes,
         ended_early: stats.ended_early.load(Ordering::Relaxed),
         publish,
         open_time,

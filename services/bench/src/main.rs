@@ -347,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
         notes.push(format!(
             "e2e: {} subscriptions opened in {:.1}s; {} events published ({}); {} deliveries \
              of {} due, {} undelivered after a {:.1}s drain (recorded at the cut-off), {} \
-             redelivered, {} streams ended early; max {:.1} ms",
+             redelivered, {} of events whose publish failed, {} streams ended early; max {:.1} ms",
             r.subscriptions,
             r.open_time.as_secs_f64(),
             r.published,
@@ -357,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
             r.undelivered,
             r.drain_time.as_secs_f64(),
             r.duplicates,
+            r.of_failed_publishes,
             r.ended_early,
             r.histogram.max() as f64 / 1000.0
         ));
