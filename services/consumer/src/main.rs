@@ -16,6 +16,11 @@ struct Args {
     service: crier_runtime::ServiceArgs,
 }
 
+// Every event costs dozens of short-lived allocations across gRPC, prost and the audit
+// record; glibc's malloc was a fifth of the CPU in the profiles (PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let started = crier_runtime::start::<Config>(&Args::parse().service).await?;
