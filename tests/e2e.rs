@@ -362,7 +362,8 @@ async fn bad_events_get_invalid_argument_naming_the_field_and_nothing_is_written
             },
         ),
         (
-            "event.data",
+            // Another type's payload: the first field that does not fit is named.
+            "event.data.date_of_birth",
             Event {
                 data: crier_proto::events::v1::SchoolEnrolment {
                     school_urn: "1".into(),

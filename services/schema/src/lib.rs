@@ -10,6 +10,7 @@ pub mod codes;
 pub mod filter;
 pub mod registry;
 pub mod validate;
+mod wire;
 
 pub use registry::Registry;
 

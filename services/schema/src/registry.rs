@@ -60,6 +60,26 @@ impl Registry {
         )
     }
 
+    /// Checks that `data` is a well-formed `type_name` with no fields the schema does not
+    /// define, without decoding it (see `wire.rs`). A refusal names `event.data`, or for an
+    /// undefined field, the path to it.
+    pub fn check(&self, type_name: &str, data: &[u8]) -> Result<(), Invalid> {
+        let desc = self
+            .event_type(type_name)
+            .ok_or_else(|| Self::unknown_type("event.type", type_name))?;
+        crate::wire::check(&desc, data).map_err(|r| {
+            let field = if r.undefined {
+                r.field("event.data")
+            } else {
+                "event.data".to_owned()
+            };
+            Invalid::new(
+                field,
+                format!("payload does not decode as {type_name}: {}", r.reason),
+            )
+        })
+    }
+
     /// Decodes `data` as `type_name`, refusing bytes that do not decode and fields the schema
     /// does not define (they could not be checked or minimised).
     pub fn decode(&self, type_name: &str, data: &[u8]) -> Result<DynamicMessage, Invalid> {

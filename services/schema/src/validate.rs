@@ -73,8 +73,7 @@ pub fn validate_event(registry: &Registry, event: &Event, max_bytes: usize) -> R
             format!("required: the encoded {} payload", event.r#type),
         ));
     }
-    registry.decode(&event.r#type, &event.data)?;
-    Ok(())
+    registry.check(&event.r#type, &event.data)
 }
 
 /// Fills in what Crier owns once an event is valid: the publish time when the publisher gave
