@@ -43,6 +43,9 @@ use crate::{
     store::{StoredSubscription, SubscriptionStore},
 };
 
+/// Longest a cursor moved only by records that did not match waits to be saved.
+const SKIPPED_SAVE_EVERY: Duration = Duration::from_secs(30);
+
 /// What a session needs from the service around it.
 #[derive(Debug, Clone)]
 pub struct Shared {
@@ -75,6 +78,10 @@ pub struct Session {
     /// Highest live offset per partition that arrived before `next` reached it.
     live_skipped: BTreeMap<i32, i64>,
     dirty: bool,
+    /// An acknowledgement has moved the cursor since it was last saved.
+    acked: bool,
+    /// When the cursor was last saved.
+    saved_at: std::time::Instant,
     /// After a failed cursor save, no retry before this: a save waits up to the Kafka
     /// delivery timeout, and retrying on every tick would leave no time to deliver.
     save_not_before: Option<std::time::Instant>,
@@ -152,6 +159,8 @@ impl Session {
             joined,
             live_skipped: BTreeMap::new(),
             dirty: true,
+            acked: false,
+            saved_at: std::time::Instant::now(),
             save_not_before: None,
             pending: None,
         }
@@ -183,7 +192,7 @@ impl Session {
                     "the consumer service is shutting down; reconnect to resume",
                 ))),
                 msg = inbound.message() => self.on_client(msg).await,
-                _ = flush.tick() => self.save().await,
+                _ = flush.tick() => self.save(false).await,
                 rec = self.live.recv(), if room && self.pending.is_none() => self.on_live(rec).await,
                 rec = recv_catch_up(&self.catch_up), if room && self.catch_up.is_some() => {
                     self.on_catch_up(rec).await
@@ -196,7 +205,7 @@ impl Session {
         self.drop_catch_up();
         self.dirty = true;
         self.save_not_before = None;
-        let _ = self.save().await;
+        let _ = self.save(true).await;
         if let Some(status) = end {
             let _ = self.out.send(Err(status)).await;
         }
@@ -241,6 +250,7 @@ impl Session {
             return;
         }
         self.dirty = true;
+        self.acked = true;
         metrics::counter!("crier_acks_total").increment(settled.len() as u64);
         self.audit(Entry {
             action: Some(Action::Ack),
@@ -449,8 +459,15 @@ impl Session {
             .collect()
     }
 
-    async fn save(&mut self) -> Step {
+    /// Saves the cursor if it moved: at once after acknowledgements (or when `now`), but
+    /// only every [`SKIPPED_SAVE_EVERY`] when only records that did not match moved it. With
+    /// thousands of streams, saving those on every flush was thousands of Kafka writes a
+    /// second, read back by every instance; after a crash they are only read again.
+    async fn save(&mut self, now: bool) -> Step {
         if !self.dirty {
+            return Step::Continue;
+        }
+        if !now && !self.acked && self.saved_at.elapsed() < SKIPPED_SAVE_EVERY {
             return Step::Continue;
         }
         let cursor = self.cursor();
@@ -470,6 +487,8 @@ impl Session {
             Ok(()) => {
                 self.sub = sub;
                 self.dirty = false;
+                self.acked = false;
+                self.saved_at = std::time::Instant::now();
                 self.save_not_before = None;
             }
             Err(e) => {
