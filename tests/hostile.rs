@@ -214,8 +214,8 @@ async fn a_truncated_event_is_refused_as_undecodable_and_the_producer_keeps_serv
     refused(
         "truncated event",
         inner,
-        Code::Internal,
-        &["failed to decode", "Event"],
+        Code::InvalidArgument,
+        &["could not be decoded", "failed to decode", "Event"],
     );
     // The request itself is cut: its length prefix promises more than arrives.
     let outer = PublishRequest {
@@ -226,8 +226,8 @@ async fn a_truncated_event_is_refused_as_undecodable_and_the_producer_keeps_serv
     refused(
         "truncated request",
         outer,
-        Code::Internal,
-        &["failed to decode"],
+        Code::InvalidArgument,
+        &["could not be decoded", "failed to decode"],
     );
 
     producer_still_serves(&producer, &channel).await;
@@ -248,8 +248,8 @@ async fn a_wrong_wire_type_for_the_event_id_is_refused_and_the_producer_keeps_se
     refused(
         "wrong wire type for Event.id",
         result,
-        Code::Internal,
-        &["wire type", "Event.id"],
+        Code::InvalidArgument,
+        &["could not be decoded", "wire type", "Event.id"],
     );
 
     // And at the top level: field 1 of PublishRequest (the event) as a fixed64.
@@ -260,8 +260,8 @@ async fn a_wrong_wire_type_for_the_event_id_is_refused_and_the_producer_keeps_se
     refused(
         "wrong wire type for PublishRequest.event",
         result,
-        Code::Internal,
-        &["wire type"],
+        Code::InvalidArgument,
+        &["could not be decoded", "wire type"],
     );
 
     producer_still_serves(&producer, &channel).await;
@@ -279,8 +279,8 @@ async fn invalid_utf8_in_the_event_id_is_refused_and_the_producer_keeps_serving(
     refused(
         "invalid UTF-8 in Event.id",
         result,
-        Code::Internal,
-        &["UTF-8", "Event.id"],
+        Code::InvalidArgument,
+        &["could not be decoded", "UTF-8", "Event.id"],
     );
 
     producer_still_serves(&producer, &channel).await;
@@ -330,8 +330,8 @@ async fn ten_thousand_nested_groups_in_an_event_are_refused_at_the_recursion_lim
     refused(
         "10,000 nested groups in Event",
         result,
-        Code::Internal,
-        &["recursion limit"],
+        Code::InvalidArgument,
+        &["could not be decoded", "recursion limit"],
     );
 
     producer_still_serves(&producer, &channel).await;
@@ -595,8 +595,8 @@ async fn garbage_as_the_first_subscribe_message_is_refused() {
     refused(
         "garbage as the first message",
         result,
-        Code::Internal,
-        &["failed to decode"],
+        Code::InvalidArgument,
+        &["could not be decoded", "failed to decode"],
     );
 
     consumer_still_serves(&consumer, "hostile.after-garbage").await;
@@ -653,9 +653,9 @@ async fn garbage_after_open_ends_the_stream_and_the_consumer_keeps_serving() {
 #[tokio::test]
 async fn garbage_after_open_is_answered_with_an_error() {
     let status = stream_end_after("hostile-garbage-status", Bytes::from_static(GARBAGE)).await;
-    assert_eq!(status.code(), Code::Internal, "{}", status.message());
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     assert!(
-        status.message().contains("failed to decode"),
+        status.message().contains("could not be decoded"),
         "{}",
         status.message()
     );
