@@ -436,23 +436,48 @@ async fn a_deeply_nested_payload_is_refused_naming_event_data() {
     producer.stop().await;
 }
 
-#[tokio::test]
-async fn sixty_four_kib_of_metadata_is_refused_by_the_http2_layer() {
-    let (producer, channel) = producer("hostile-metadata").await;
+/// A valid publish carrying `bytes` of padding in one metadata entry.
+fn publish_with_metadata(bytes: usize) -> Request<Bytes> {
     let mut request = Request::new(Bytes::from(
         PublishRequest {
             event: Some(valid_event()),
         }
         .encode_to_vec(),
     ));
-    let padding = MetadataValue::try_from("a".repeat(64 * 1024)).unwrap();
+    let padding = MetadataValue::try_from("a".repeat(bytes)).unwrap();
     request.metadata_mut().insert("x-padding", padding);
-    let result = call(&channel, PUBLISH, request).await;
-    // hyper's server accepts header lists up to 16 KiB. h2 refuses the rest of the header
-    // block with a GOAWAY (ENHANCE_YOUR_CALM), which tonic maps to RESOURCE_EXHAUSTED; the
-    // message says nothing about headers. The channel reconnects for the next request.
+    request
+}
+
+#[tokio::test]
+async fn sixty_four_kib_of_metadata_is_refused_as_resource_exhausted_naming_the_limit() {
+    let (producer, channel) = producer("hostile-metadata").await;
+    let result = call(&channel, PUBLISH, publish_with_metadata(64 * 1024)).await;
+    // The HTTP/2 layer takes up to 256 KiB of headers, so the services' own check answers,
+    // naming its limit (crier_runtime::grpc::MAX_METADATA_BYTES).
     refused(
         "64 KiB of metadata",
+        result,
+        Code::ResourceExhausted,
+        &["metadata", "at most 16384 bytes"],
+    );
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn metadata_over_the_http2_bound_is_refused_and_the_producer_keeps_serving() {
+    let (producer, channel) = producer("hostile-metadata-huge").await;
+    // Past 256 KiB, h2 refuses the headers before any service sees them: up to four times
+    // the bound with HTTP 431 and no gRPC status (tonic reports UNKNOWN), beyond that by
+    // closing the connection with GOAWAY (tonic: RESOURCE_EXHAUSTED "h2 protocol error").
+    // Neither names the limit, but the bound keeps memory small, and the channel recovers.
+    let result = call(&channel, PUBLISH, publish_with_metadata(300 * 1024)).await;
+    refused("300 KiB of metadata", result, Code::Unknown, &["431"]);
+    let result = call(&channel, PUBLISH, publish_with_metadata(1100 * 1024)).await;
+    refused(
+        "1100 KiB of metadata",
         result,
         Code::ResourceExhausted,
         &["h2 protocol error"],

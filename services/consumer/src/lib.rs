@@ -126,11 +126,8 @@ pub async fn serve(
         SubscriberServer::new(service),
         authenticator,
     );
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
-    server
+    crier_runtime::grpc::server(tls)?
+        .layer(crier_runtime::grpc::metadata_limit())
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_optional_service(reflection)
