@@ -5,12 +5,14 @@
 //! - [`live`]: one shared reader per instance feeds every up-to-date stream;
 //! - [`store`]: subscription filters and cursors, in a compacted Kafka topic;
 //! - [`session`]: one open stream's delivery, acknowledgement and catch-up logic;
+//! - `read_errors`: what the Kafka readers do with the errors librdkafka retries itself;
 //! - [`subscriber`]: the gRPC front: checks an Open and starts a session.
 //!
 //! [`serve`] is the whole service as a library function, so tests run it in-process.
 
 pub mod config;
 pub mod live;
+mod read_errors;
 pub mod record;
 pub mod session;
 pub mod store;

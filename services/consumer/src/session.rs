@@ -34,6 +34,7 @@ use tonic::{Status, Streaming};
 
 use crate::{
     live::{Batch, Live},
+    read_errors::ReadErrors,
     record::Record,
     store::{StoredSubscription, SubscriptionStore},
 };
@@ -62,6 +63,7 @@ pub struct Session {
     out: mpsc::Sender<Result<SubscribeResponse, Status>>,
     live: broadcast::Receiver<Batch>,
     catch_up: Option<CatchUp>,
+    catch_up_errors: ReadErrors,
     next: BTreeMap<i32, i64>,
     unacked: BTreeMap<i32, BTreeMap<i64, Delivered>>,
     in_flight: usize,
@@ -127,6 +129,7 @@ impl Session {
             event_types: sub.event_types.clone(),
             areas: sub.areas.clone(),
         };
+        let catch_up_errors = ReadErrors::new("catch_up", Some(sub.name.clone()));
         Self {
             shared,
             caller,
@@ -136,6 +139,7 @@ impl Session {
             out,
             live,
             catch_up: None,
+            catch_up_errors,
             unacked: start.keys().map(|p| (*p, BTreeMap::new())).collect(),
             next: start,
             in_flight: 0,
@@ -310,9 +314,9 @@ impl Session {
                 }
                 Step::Continue
             }
+            // Not waited on: see `read_errors` for why.
             Err(e) => {
-                tracing::warn!(subscription = %self.sub.name, error = %e, "catch-up read failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.catch_up_errors.note(&e);
                 Step::Continue
             }
         }
