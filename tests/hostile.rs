@@ -214,8 +214,8 @@ async fn a_truncated_event_is_refused_as_undecodable_and_the_producer_keeps_serv
     refused(
         "truncated event",
         inner,
-        Code::Internal,
-        &["failed to decode", "Event"],
+        Code::InvalidArgument,
+        &["could not be decoded", "failed to decode", "Event"],
     );
     // The request itself is cut: its length prefix promises more than arrives.
     let outer = PublishRequest {
@@ -226,8 +226,8 @@ async fn a_truncated_event_is_refused_as_undecodable_and_the_producer_keeps_serv
     refused(
         "truncated request",
         outer,
-        Code::Internal,
-        &["failed to decode"],
+        Code::InvalidArgument,
+        &["could not be decoded", "failed to decode"],
     );
 
     producer_still_serves(&producer, &channel).await;
@@ -248,8 +248,8 @@ async fn a_wrong_wire_type_for_the_event_id_is_refused_and_the_producer_keeps_se
     refused(
         "wrong wire type for Event.id",
         result,
-        Code::Internal,
-        &["wire type", "Event.id"],
+        Code::InvalidArgument,
+        &["could not be decoded", "wire type", "Event.id"],
     );
 
     // And at the top level: field 1 of PublishRequest (the event) as a fixed64.
@@ -260,8 +260,8 @@ async fn a_wrong_wire_type_for_the_event_id_is_refused_and_the_producer_keeps_se
     refused(
         "wrong wire type for PublishRequest.event",
         result,
-        Code::Internal,
-        &["wire type"],
+        Code::InvalidArgument,
+        &["could not be decoded", "wire type"],
     );
 
     producer_still_serves(&producer, &channel).await;
@@ -279,8 +279,8 @@ async fn invalid_utf8_in_the_event_id_is_refused_and_the_producer_keeps_serving(
     refused(
         "invalid UTF-8 in Event.id",
         result,
-        Code::Internal,
-        &["UTF-8", "Event.id"],
+        Code::InvalidArgument,
+        &["could not be decoded", "UTF-8", "Event.id"],
     );
 
     producer_still_serves(&producer, &channel).await;
@@ -330,8 +330,8 @@ async fn ten_thousand_nested_groups_in_an_event_are_refused_at_the_recursion_lim
     refused(
         "10,000 nested groups in Event",
         result,
-        Code::Internal,
-        &["recursion limit"],
+        Code::InvalidArgument,
+        &["could not be decoded", "recursion limit"],
     );
 
     producer_still_serves(&producer, &channel).await;
@@ -436,23 +436,48 @@ async fn a_deeply_nested_payload_is_refused_naming_event_data() {
     producer.stop().await;
 }
 
-#[tokio::test]
-async fn sixty_four_kib_of_metadata_is_refused_by_the_http2_layer() {
-    let (producer, channel) = producer("hostile-metadata").await;
+/// A valid publish carrying `bytes` of padding in one metadata entry.
+fn publish_with_metadata(bytes: usize) -> Request<Bytes> {
     let mut request = Request::new(Bytes::from(
         PublishRequest {
             event: Some(valid_event()),
         }
         .encode_to_vec(),
     ));
-    let padding = MetadataValue::try_from("a".repeat(64 * 1024)).unwrap();
+    let padding = MetadataValue::try_from("a".repeat(bytes)).unwrap();
     request.metadata_mut().insert("x-padding", padding);
-    let result = call(&channel, PUBLISH, request).await;
-    // hyper's server accepts header lists up to 16 KiB. h2 refuses the rest of the header
-    // block with a GOAWAY (ENHANCE_YOUR_CALM), which tonic maps to RESOURCE_EXHAUSTED; the
-    // message says nothing about headers. The channel reconnects for the next request.
+    request
+}
+
+#[tokio::test]
+async fn sixty_four_kib_of_metadata_is_refused_as_resource_exhausted_naming_the_limit() {
+    let (producer, channel) = producer("hostile-metadata").await;
+    let result = call(&channel, PUBLISH, publish_with_metadata(64 * 1024)).await;
+    // The HTTP/2 layer takes up to 256 KiB of headers, so the services' own check answers,
+    // naming its limit (crier_runtime::grpc::MAX_METADATA_BYTES).
     refused(
         "64 KiB of metadata",
+        result,
+        Code::ResourceExhausted,
+        &["metadata", "at most 16384 bytes"],
+    );
+
+    producer_still_serves(&producer, &channel).await;
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn metadata_over_the_http2_bound_is_refused_and_the_producer_keeps_serving() {
+    let (producer, channel) = producer("hostile-metadata-huge").await;
+    // Past 256 KiB, h2 refuses the headers before any service sees them: up to four times
+    // the bound with HTTP 431 and no gRPC status (tonic reports UNKNOWN), beyond that by
+    // closing the connection with GOAWAY (tonic: RESOURCE_EXHAUSTED "h2 protocol error").
+    // Neither names the limit, but the bound keeps memory small, and the channel recovers.
+    let result = call(&channel, PUBLISH, publish_with_metadata(300 * 1024)).await;
+    refused("300 KiB of metadata", result, Code::Unknown, &["431"]);
+    let result = call(&channel, PUBLISH, publish_with_metadata(1100 * 1024)).await;
+    refused(
+        "1100 KiB of metadata",
         result,
         Code::ResourceExhausted,
         &["h2 protocol error"],
@@ -595,8 +620,8 @@ async fn garbage_as_the_first_subscribe_message_is_refused() {
     refused(
         "garbage as the first message",
         result,
-        Code::Internal,
-        &["failed to decode"],
+        Code::InvalidArgument,
+        &["could not be decoded", "failed to decode"],
     );
 
     consumer_still_serves(&consumer, "hostile.after-garbage").await;
@@ -653,9 +678,9 @@ async fn garbage_after_open_ends_the_stream_and_the_consumer_keeps_serving() {
 #[tokio::test]
 async fn garbage_after_open_is_answered_with_an_error() {
     let status = stream_end_after("hostile-garbage-status", Bytes::from_static(GARBAGE)).await;
-    assert_eq!(status.code(), Code::Internal, "{}", status.message());
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     assert!(
-        status.message().contains("failed to decode"),
+        status.message().contains("could not be decoded"),
         "{}",
         status.message()
     );

@@ -9,6 +9,8 @@
     clippy::all
 )]
 
+pub mod codec;
+
 /// The envelope, positions and the two gRPC services.
 pub mod v1 {
     tonic::include_proto!("crier.v1");

@@ -5,6 +5,7 @@
 //! - [`live`]: one shared reader per instance feeds every up-to-date stream;
 //! - [`store`]: subscription filters and cursors, in a compacted Kafka topic;
 //! - [`session`]: one open stream's delivery, acknowledgement and catch-up logic;
+//! - `read_errors`: what the Kafka readers do with the errors librdkafka retries itself;
 //! - [`subscriber`]: the gRPC front: checks an Open and starts a session.
 //!
 //! [`serve`] is the whole service as a library function, so tests run it in-process.
@@ -12,6 +13,7 @@
 pub mod batch;
 pub mod config;
 pub mod live;
+mod read_errors;
 pub mod record;
 pub mod session;
 pub mod store;
@@ -130,11 +132,8 @@ pub async fn serve(
         SubscriberServer::new(service),
         authenticator,
     );
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
-    server
+    crier_runtime::grpc::server(tls)?
+        .layer(crier_runtime::grpc::metadata_limit())
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_optional_service(reflection)

@@ -20,7 +20,7 @@ use rdkafka::{
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::{batch::Batch, record::Record};
+use crate::{batch::Batch, read_errors::ReadErrors, record::Record};
 
 const META_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,6 +87,7 @@ impl Live {
         reader.assign(&tpl)?;
         let tx = live.tx.clone();
         tokio::spawn(async move {
+            let mut errors = ReadErrors::new("live", None);
             loop {
                 let first = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -105,8 +106,8 @@ impl Live {
                         }
                         Err(KafkaError::PartitionEOF(_)) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, "live reader error; librdkafka will retry");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            // Not waited on: see `read_errors` for why.
+                            errors.note(&e);
                             break;
                         }
                     }

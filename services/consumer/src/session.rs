@@ -39,6 +39,7 @@ use tonic::{Status, Streaming};
 use crate::{
     batch::Batch,
     live::Live,
+    read_errors::ReadErrors,
     record::Record,
     store::{StoredSubscription, SubscriptionStore},
 };
@@ -70,6 +71,7 @@ pub struct Session {
     out: mpsc::Sender<Result<SubscribeResponse, Status>>,
     live: broadcast::Receiver<Arc<Batch>>,
     catch_up: Option<CatchUp>,
+    catch_up_errors: ReadErrors,
     next: BTreeMap<i32, i64>,
     /// Per partition, the offsets delivered and not yet acknowledged.
     unacked: BTreeMap<i32, BTreeSet<i64>>,
@@ -144,6 +146,7 @@ impl Session {
             event_types: sub.event_types.clone(),
             areas: sub.areas.clone(),
         };
+        let catch_up_errors = ReadErrors::new("catch_up", Some(sub.name.clone()));
         Self {
             shared,
             caller,
@@ -153,6 +156,7 @@ impl Session {
             out,
             live,
             catch_up: None,
+            catch_up_errors,
             unacked: start.keys().map(|p| (*p, BTreeSet::new())).collect(),
             next: start,
             in_flight: 0,
@@ -366,9 +370,9 @@ impl Session {
                 }
                 Step::Continue
             }
+            // Not waited on: see `read_errors` for why.
             Err(e) => {
-                tracing::warn!(subscription = %self.sub.name, error = %e, "catch-up read failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.catch_up_errors.note(&e);
                 Step::Continue
             }
         }

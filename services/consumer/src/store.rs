@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::read_errors::ReadErrors;
+
 /// A subscription as stored: its filter and how far it has got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSubscription {
@@ -78,6 +80,7 @@ impl SubscriptionStore {
         let (tx, read_to) = watch::channel(0);
         let tail_state = state.clone();
         tokio::spawn(async move {
+            let mut errors = ReadErrors::new("store", None);
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -89,10 +92,8 @@ impl SubscriptionStore {
                         let _ = tx.send(msg.offset() + 1);
                     }
                     Err(KafkaError::PartitionEOF(_)) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "subscription store reader error; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    // Not waited on: see `read_errors` for why.
+                    Err(e) => errors.note(&e),
                 }
             }
             tokio::task::spawn_blocking(move || drop(reader));

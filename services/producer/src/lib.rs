@@ -102,11 +102,8 @@ pub async fn serve(
                 .await;
         }
     };
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
-    server
+    crier_runtime::grpc::server(tls)?
+        .layer(crier_runtime::grpc::metadata_limit())
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(publisher)

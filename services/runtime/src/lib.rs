@@ -5,7 +5,8 @@
 //! - [`init_logging`]: structured logs (text for people, JSON for log pipelines);
 //! - [`serve_metrics`]: Prometheus metrics over HTTP;
 //! - [`shutdown_on_signal`]: SIGTERM or Ctrl-C cancels a token that the server watches;
-//! - [`start`]: all of the above, in order, for a service's `main`.
+//! - [`start`]: all of the above, in order, for a service's `main`;
+//! - [`grpc`]: the gRPC server both services build, with its bound on request metadata.
 
 use std::{
     net::SocketAddr,
@@ -18,6 +19,8 @@ use figment::{
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use tokio_util::sync::CancellationToken;
+
+pub mod grpc;
 
 /// Configuration could not be loaded or is invalid.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,103 @@
+//! The gRPC server both services build, and the bound on request metadata it enforces.
+//!
+//! hyper's HTTP/2 server takes header lists up to 16 KiB. Past that, h2 answers HTTP 431
+//! without a gRPC status, and past 4 × 16 KiB it closes the whole connection with GOAWAY
+//! (ENHANCE_YOUR_CALM). Clients report either without saying what was wrong (tonic:
+//! `UNKNOWN`, or `RESOURCE_EXHAUSTED "h2 protocol error"`). So the HTTP/2 layer is allowed
+//! [`HTTP2_MAX_HEADER_LIST_BYTES`], and [`metadata_limit`] refuses anything over
+//! [`MAX_METADATA_BYTES`] with a status that names the limit. Memory stays bounded: h2
+//! keeps at most the HTTP/2 bound per request, and drops a refused request's headers at once.
+use tonic::{
+    Request, Status,
+    service::interceptor::InterceptorLayer,
+    transport::{Server, server::ServerTlsConfig},
+};
+
+/// Request metadata a Crier service accepts, counted as HTTP/2 does (RFC 9113 §6.5.2: name
+/// plus value plus 32 bytes per entry). 16 KiB, hyper's own default, is far more than a
+/// bearer token and the gRPC headers need.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// What the HTTP/2 layer accepts, so that metadata a little or a lot over
+/// [`MAX_METADATA_BYTES`] still reaches [`metadata_limit`] and gets a clear status.
+/// Beyond it (and up to four times it) h2 answers HTTP 431; beyond that it closes the
+/// connection. Both are what a client sees without this module.
+pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
+
+/// A tonic server with the HTTP/2 header bound set, and TLS when `tls` is given.
+pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
+    let server = Server::builder().http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES);
+    match tls {
+        Some(tls) => server.tls_config(tls),
+        None => Ok(server),
+    }
+}
+
+/// The signature of [`refuse_oversized_metadata`], as a layer's type parameter.
+pub type MetadataCheck = fn(Request<()>) -> Result<Request<()>, Status>;
+
+/// A layer, for every service on the server, that refuses requests whose metadata is over
+/// [`MAX_METADATA_BYTES`] with `RESOURCE_EXHAUSTED`, before any service sees them.
+pub fn metadata_limit() -> InterceptorLayer<MetadataCheck> {
+    InterceptorLayer::new(refuse_oversized_metadata)
+}
+
+/// Refuses `request` when its metadata is over [`MAX_METADATA_BYTES`]. `RESOURCE_EXHAUSTED`
+/// is what gRPC's own servers answer for metadata over their limit.
+pub fn refuse_oversized_metadata(request: Request<()>) -> Result<Request<()>, Status> {
+    let size = metadata_bytes(&request);
+    if size > MAX_METADATA_BYTES {
+        metrics::counter!("crier_oversized_metadata_total").increment(1);
+        return Err(Status::resource_exhausted(format!(
+            "request metadata is {size} bytes; at most {MAX_METADATA_BYTES} bytes are accepted \
+             (names and values, plus 32 bytes per entry)"
+        )));
+    }
+    Ok(request)
+}
+
+/// The metadata's size as HTTP/2 counts a header list.
+fn metadata_bytes(request: &Request<()>) -> usize {
+    let headers: &tonic::codegen::http::HeaderMap = request.metadata().as_ref();
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::{Code, metadata::MetadataValue};
+
+    use super::*;
+
+    fn request_with_padding(bytes: usize) -> Request<()> {
+        let mut request = Request::new(());
+        let padding = MetadataValue::try_from("a".repeat(bytes)).expect("ASCII is a valid value");
+        request.metadata_mut().insert("x-padding", padding);
+        request
+    }
+
+    #[test]
+    fn metadata_within_the_limit_passes() {
+        let request = request_with_padding(MAX_METADATA_BYTES - 100);
+        assert!(refuse_oversized_metadata(request).is_ok());
+    }
+
+    #[test]
+    fn metadata_over_the_limit_is_resource_exhausted_naming_the_limit() {
+        let status = refuse_oversized_metadata(request_with_padding(64 * 1024))
+            .expect_err("64 KiB is over the limit");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains(&MAX_METADATA_BYTES.to_string()),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("metadata"),
+            "{}",
+            status.message()
+        );
+    }
+}
