@@ -23,7 +23,6 @@ use std::{sync::Arc, time::Duration};
 
 use crier_proto::v1::subscriber_server::SubscriberServer;
 use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -138,7 +137,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(subscriber)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .serve_with_incoming_shutdown(crier_runtime::grpc::incoming(listener), draining)
         .await?;
     // Sessions are spawned tasks: wait (bounded) for them to save cursors and drop their
     // Auditor clones, so the audit writer can drain.

@@ -14,7 +14,6 @@ use std::time::Duration;
 use crier_proto::v1::publisher_server::PublisherServer;
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -107,7 +106,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(publisher)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .serve_with_incoming_shutdown(crier_runtime::grpc::incoming(listener), draining)
         .await?;
 
     // The server (and with it every Auditor clone) is gone: the audit writer drains.

@@ -33,6 +33,22 @@ pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::
     }
 }
 
+/// The connections accepted on `listener`, with Nagle's algorithm off. A gRPC answer is
+/// one small write; with Nagle on, it can wait for the client's delayed ACK (40 ms on
+/// Linux), which showed as a second hump of unary latencies around 45 ms in ghz.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let conn = accepted?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::warn!(error = %e, "TCP_NODELAY not set on a connection");
+        }
+        Ok(conn)
+    })
+}
+
 /// The signature of [`refuse_oversized_metadata`], as a layer's type parameter.
 pub type MetadataCheck = fn(Request<()>) -> Result<Request<()>, Status>;
 
