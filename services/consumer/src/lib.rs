@@ -16,6 +16,7 @@ pub mod live;
 mod read_errors;
 pub mod record;
 pub mod session;
+mod stall;
 pub mod store;
 pub mod subscriber;
 

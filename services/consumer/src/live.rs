@@ -20,7 +20,7 @@ use rdkafka::{
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::{batch::Batch, read_errors::ReadErrors, record::Record};
+use crate::{batch::Batch, read_errors::ReadErrors, record::Record, stall};
 
 const META_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,19 +79,44 @@ impl Live {
         // Start exactly at the high watermarks, so any stream opened from here on can tell
         // which records the live reader will carry.
         let start = live.watermarks().await?;
-        let reader: StreamConsumer = config.reader().create()?;
-        let mut tpl = TopicPartitionList::new();
-        for (p, (_, high)) in &start {
-            tpl.add_partition_offset(&live.topic, *p, Offset::Offset(*high))?;
-        }
-        reader.assign(&tpl)?;
+        let mut position: BTreeMap<i32, i64> = start.iter().map(|(p, (_, h))| (*p, *h)).collect();
+        let mut reader = live.reader_at(config, &position)?;
         let tx = live.tx.clone();
+        let (config, watched) = (config.clone(), Arc::clone(&live));
         tokio::spawn(async move {
             let mut errors = ReadErrors::new("live", None);
+            let mut check = tokio::time::interval(stall::CHECK_EVERY);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut progress = stall::Progress::default();
             loop {
                 let first = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    msg = reader.recv() => msg,
+                    _ = check.tick() => None,
+                    msg = reader.recv() => Some(msg),
+                };
+                let Some(first) = first else {
+                    // The high watermarks come through another client, so a reader that
+                    // has lost its brokers cannot hide its own stall.
+                    let Ok(marks) = watched.watermarks().await else {
+                        continue;
+                    };
+                    let high = marks.iter().map(|(p, (_, h))| (*p, *h)).collect();
+                    if progress.stalled(&position, &high) {
+                        tracing::warn!(
+                            ?position,
+                            ?high,
+                            "live reader stalled; replacing its Kafka client"
+                        );
+                        metrics::counter!("crier_live_reader_restarts_total").increment(1);
+                        match watched.reader_at(&config, &position) {
+                            Ok(fresh) => {
+                                let stale = std::mem::replace(&mut reader, fresh);
+                                tokio::task::spawn_blocking(move || drop(stale));
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot replace the live reader"),
+                        }
+                    }
+                    continue;
                 };
                 let mut batch = Vec::new();
                 let close_at = tokio::time::Instant::now() + COALESCE;
@@ -102,7 +127,9 @@ impl Live {
                             metrics::counter!("crier_live_bytes_total").increment(
                                 rdkafka::Message::payload(&msg).map_or(0, <[u8]>::len) as u64,
                             );
-                            batch.push(Record::read(&msg));
+                            let record = Record::read(&msg);
+                            position.insert(record.partition, record.offset + 1);
+                            batch.push(record);
                         }
                         Err(KafkaError::PartitionEOF(_)) => {}
                         Err(e) => {
@@ -124,6 +151,22 @@ impl Live {
             tokio::task::spawn_blocking(move || drop(reader));
         });
         Ok(live)
+    }
+
+    /// A new Kafka client reading the events topic from `position` (next offset per
+    /// partition).
+    fn reader_at(
+        &self,
+        config: &KafkaConfig,
+        position: &BTreeMap<i32, i64>,
+    ) -> Result<StreamConsumer, KafkaError> {
+        let reader: StreamConsumer = config.reader().create()?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in position {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next))?;
+        }
+        reader.assign(&tpl)?;
+        Ok(reader)
     }
 
     /// A receiver for every record read from now on.

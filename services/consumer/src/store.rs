@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::read_errors::ReadErrors;
+use crate::{read_errors::ReadErrors, stall};
 
 /// A subscription as stored: its filter and how far it has got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,28 +72,58 @@ impl SubscriptionStore {
         shutdown: CancellationToken,
     ) -> Result<Self, KafkaError> {
         let topic = config.subscriptions_topic.clone();
-        let reader: StreamConsumer = config.reader().create()?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
-        reader.assign(&tpl)?;
+        let mut reader = reader_from(config, &topic, Offset::Beginning)?;
         let state = Arc::new(Mutex::new(HashMap::new()));
         let (tx, read_to) = watch::channel(0);
         let tail_state = state.clone();
+        let (tail_config, watcher, tail_topic) = (config.clone(), producer.clone(), topic.clone());
+        let timeout = Duration::from_millis(config.delivery_timeout_ms);
         tokio::spawn(async move {
             let mut errors = ReadErrors::new("store", None);
+            let mut check = tokio::time::interval(stall::CHECK_EVERY);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut progress = stall::Progress::default();
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    msg = reader.recv() => msg,
+                    _ = check.tick() => None,
+                    msg = reader.recv() => Some(msg),
                 };
                 match msg {
-                    Ok(msg) => {
+                    Some(Ok(msg)) => {
                         apply(&tail_state, msg.key(), msg.payload());
                         let _ = tx.send(msg.offset() + 1);
                     }
-                    Err(KafkaError::PartitionEOF(_)) => {}
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
                     // Not waited on: see `read_errors` for why.
-                    Err(e) => errors.note(&e),
+                    Some(Err(e)) => errors.note(&e),
+                    // A stalled reader would stop every Open of this instance: see `stall`.
+                    None => {
+                        let (producer, topic) = (watcher.clone(), tail_topic.clone());
+                        let high = tokio::task::spawn_blocking(move || {
+                            producer.client().fetch_watermarks(&topic, 0, timeout)
+                        })
+                        .await;
+                        let Ok(Ok((_, high))) = high else { continue };
+                        let next = *tx.borrow();
+                        if progress.stalled(&[(0, next)].into(), &[(0, high)].into()) {
+                            tracing::warn!(
+                                next,
+                                high,
+                                "subscription store reader stalled; replacing its Kafka client"
+                            );
+                            metrics::counter!("crier_store_reader_restarts_total").increment(1);
+                            match reader_from(&tail_config, &tail_topic, Offset::Offset(next)) {
+                                Ok(fresh) => {
+                                    let stale = std::mem::replace(&mut reader, fresh);
+                                    tokio::task::spawn_blocking(move || drop(stale));
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot replace the store reader")
+                                }
+                            }
+                        }
+                    }
                 }
             }
             tokio::task::spawn_blocking(move || drop(reader));
@@ -139,6 +169,19 @@ impl SubscriptionStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, StoredSubscription>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A client reading the subscriptions topic's one partition from `offset`.
+fn reader_from(
+    config: &KafkaConfig,
+    topic: &str,
+    offset: Offset,
+) -> Result<StreamConsumer, KafkaError> {
+    let reader: StreamConsumer = config.reader().create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, offset)?;
+    reader.assign(&tpl)?;
+    Ok(reader)
 }
 
 fn apply(
