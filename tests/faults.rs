@@ -35,8 +35,18 @@ fn services(kafka: &crier_kafka::KafkaConfig) -> (ServiceProcess, ServiceProcess
 
 /// Waits for a subscription to be open before load starts (a new subscription starts at
 /// "now"), by letting the collector connect.
-async fn settle() {
-    tokio::time::sleep(Duration::from_secs(3)).await;
+/// Waits until each collector's subscription is open (a fixed pause was not enough when the
+/// consumer took several seconds to find its new topic: events published before the
+/// subscription existed were never due to it), then a little longer for the services.
+async fn settle(collectors: &[&Collector]) {
+    for c in collectors {
+        assert!(
+            c.wait_open(Duration::from_secs(60)).await,
+            "the subscription did not open within 60 s"
+        );
+    }
+    let pause = if collectors.is_empty() { 3 } else { 1 };
+    tokio::time::sleep(Duration::from_secs(pause)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +60,7 @@ async fn killing_the_producer_under_load_loses_nothing_it_acknowledged() {
         true,
         Duration::ZERO,
     );
-    settle().await;
+    settle(&[&sub]).await;
     let (citizens, per) = size();
     let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -81,7 +91,7 @@ async fn killing_the_consumer_mid_stream_redelivers_and_loses_nothing() {
         true,
         Duration::from_millis(2),
     );
-    settle().await;
+    settle(&[&sub]).await;
     let (citizens, per) = size();
     let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -118,7 +128,7 @@ async fn a_broker_outage_fails_publishes_cleanly_and_everything_acknowledged_arr
         true,
         Duration::ZERO,
     );
-    settle().await;
+    settle(&[&sub]).await;
     let (citizens, per) = size();
     let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -153,7 +163,7 @@ async fn a_subscriber_that_vanishes_without_acking_gets_everything_on_return() {
         false,
         Duration::ZERO,
     );
-    settle().await;
+    settle(&[&ghost]).await;
     let outcome = publish_load(vec![producer.url()], citizens, per, GIVE_UP).await;
     assert!(
         ghost
@@ -203,7 +213,7 @@ async fn a_very_slow_subscriber_does_not_hold_back_the_others() {
         true,
         Duration::ZERO,
     );
-    settle().await;
+    settle(&[&slow, &fast]).await;
     let (citizens, per) = size();
     let started = std::time::Instant::now();
     let outcome = publish_load(vec![producer.url()], citizens, per, GIVE_UP).await;
@@ -245,7 +255,7 @@ async fn when_one_of_two_consumer_replicas_dies_its_subscriptions_continue_on_th
         true,
         Duration::from_millis(2),
     );
-    settle().await;
+    settle(&[&sub]).await;
     let (citizens, per) = size();
     let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -275,7 +285,7 @@ async fn sigterm_on_the_producer_answers_in_flight_publishes_and_exits_promptly(
         true,
         Duration::ZERO,
     );
-    settle().await;
+    settle(&[&sub]).await;
     let (citizens, per) = size();
     let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -306,7 +316,7 @@ async fn sigterm_on_the_consumer_saves_cursors_and_tells_streams_to_reconnect() 
         true,
         Duration::from_millis(2),
     );
-    settle().await;
+    settle(&[&sub]).await;
     let (citizens, per) = size();
     let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -341,7 +351,7 @@ async fn memory_stays_bounded_when_many_streams_never_read() {
     };
     let kafka = kafka_config("never-read");
     let (producer, consumer) = services(&kafka);
-    settle().await;
+    settle(&[]).await;
     let idle = consumer.rss_mib().unwrap();
     // Many clients open a stream, then never read a byte of it.
     let streams: usize = std::env::var("CRIER_FAULTS_STREAMS")
@@ -399,7 +409,7 @@ async fn memory_stays_bounded_when_many_streams_never_read() {
         true,
         Duration::ZERO,
     );
-    settle().await;
+    settle(&[&fresh]).await;
     let more = publish_load(vec![producer.url()], 2, 10, GIVE_UP).await;
     assert!(
         fresh

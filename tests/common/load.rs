@@ -164,6 +164,8 @@ pub struct Seen {
 #[derive(Debug)]
 pub struct Collector {
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Streams the service has accepted (Open answered), over all connections.
+    opened: Arc<std::sync::atomic::AtomicUsize>,
     /// How each stream ended: the gRPC code, or "Ok" for a clean end.
     pub ends: Arc<Mutex<Vec<String>>>,
     stop: CancellationToken,
@@ -180,9 +182,15 @@ impl Collector {
     ) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let ends = Arc::new(Mutex::new(Vec::new()));
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = CancellationToken::new();
-        let (seen2, ends2, stop2, name) =
-            (seen.clone(), ends.clone(), stop.clone(), name.to_owned());
+        let (seen2, ends2, stop2, name, opened2) = (
+            seen.clone(),
+            ends.clone(),
+            stop.clone(),
+            name.to_owned(),
+            opened.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut connection = 0usize;
             while !stop2.is_cancelled() {
@@ -196,6 +204,7 @@ impl Collector {
                     pause_per_event,
                     connection,
                     &seen2,
+                    &opened2,
                     &stop2,
                 )
                 .await;
@@ -211,10 +220,24 @@ impl Collector {
         });
         Self {
             seen,
+            opened,
             ends,
             stop,
             task,
         }
+    }
+
+    /// Waits until the service has accepted a stream, so the subscription exists and will
+    /// get every event published from now on; false after `timeout`.
+    pub async fn wait_open(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.opened.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// Waits until `n` distinct ids have been seen, or `timeout`.
@@ -252,6 +275,7 @@ async fn run_stream(
     pause: Duration,
     connection: usize,
     seen: &Mutex<Vec<Seen>>,
+    opened: &std::sync::atomic::AtomicUsize,
     stop: &CancellationToken,
 ) -> Result<(), tonic::Status> {
     let channel = tls_channel(url, SUBSCRIBER)
@@ -275,6 +299,7 @@ async fn run_stream(
         .subscribe(ReceiverStream::new(rx))
         .await?
         .into_inner();
+    opened.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
