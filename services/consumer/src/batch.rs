@@ -53,16 +53,6 @@ impl Batch {
         &self.records
     }
 
-    /// Number of records.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    /// True when the batch holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
     /// Per partition, the first and last offsets in the batch.
     pub fn ranges(&self) -> &BTreeMap<i32, (i64, i64)> {
         &self.ranges
