@@ -4,7 +4,7 @@
 //! check that the bytes really are the declared type. It uses the descriptors compiled into
 //! `crier-proto`, so the rules can never drift from the published `.proto` files.
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 
 use crate::Invalid;
 
@@ -80,77 +80,20 @@ impl Registry {
         })
     }
 
-    /// Decodes `data` as `type_name`, refusing bytes that do not decode and fields the schema
-    /// does not define (they could not be checked or minimised).
+    /// Decodes `data` as `type_name`, after [`check`](Self::check): bytes that do not
+    /// decode and fields the schema does not define are refused the same way.
     pub fn decode(&self, type_name: &str, data: &[u8]) -> Result<DynamicMessage, Invalid> {
+        self.check(type_name, data)?;
         let desc = self
             .event_type(type_name)
             .ok_or_else(|| Self::unknown_type("event.type", type_name))?;
-        let msg = DynamicMessage::decode(desc, data).map_err(|e| {
+        DynamicMessage::decode(desc, data).map_err(|e| {
             Invalid::new(
                 "event.data",
                 format!("payload does not decode as {type_name}: {e}"),
             )
-        })?;
-        reject_unknown_fields(&msg, "event.data")?;
-        Ok(msg)
+        })
     }
-}
-
-fn reject_unknown_fields(msg: &DynamicMessage, path: &str) -> Result<(), Invalid> {
-    let Some(found) = first_unknown(msg) else {
-        return Ok(());
-    };
-    // The path is built only for a refusal: valid payloads are the common case.
-    let mut field = path.to_owned();
-    for step in found.path.iter().rev() {
-        field.push_str(step);
-    }
-    Err(Invalid::new(
-        field,
-        format!(
-            "field number {} is not defined in {}; was the payload encoded with the right type?",
-            found.number, found.message
-        ),
-    ))
-}
-
-/// A field number the schema does not define, where it was found (path steps innermost
-/// first, such as `.name` or `[2]`) and in which message type.
-struct Unknown {
-    path: Vec<String>,
-    number: u32,
-    message: String,
-}
-
-fn first_unknown(msg: &DynamicMessage) -> Option<Unknown> {
-    if let Some(unknown) = msg.unknown_fields().next() {
-        return Some(Unknown {
-            path: Vec::new(),
-            number: unknown.number(),
-            message: msg.descriptor().full_name().to_owned(),
-        });
-    }
-    for (field, value) in msg.fields() {
-        let found = match value {
-            Value::Message(inner) => first_unknown(inner),
-            Value::List(items) => items.iter().enumerate().find_map(|(i, item)| {
-                let Value::Message(inner) = item else {
-                    return None;
-                };
-                first_unknown(inner).map(|mut u| {
-                    u.path.push(format!("[{i}]"));
-                    u
-                })
-            }),
-            _ => None,
-        };
-        if let Some(mut u) = found {
-            u.path.push(format!(".{}", field.name()));
-            return Some(u);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -158,6 +101,7 @@ mod tests {
     use super::*;
     use crier_proto::events::v1::{DeathRegistered, PersonName};
     use prost::Message;
+    use prost_reflect::ReflectMessage;
 
     #[test]
     fn every_listed_event_type_is_in_the_compiled_schema() {
