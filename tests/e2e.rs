@@ -199,6 +199,79 @@ async fn a_subscription_resumes_after_its_last_ack_and_can_replay_from_the_begin
 }
 
 #[tokio::test]
+async fn a_subscription_taking_batches_gets_several_events_a_message_each_acked_on_its_own() {
+    let kafka = kafka_config("batched");
+    let producer = start_producer(&kafka).await;
+    let consumer = start_consumer(&kafka).await;
+    let client = publisher(&producer).await;
+    let publish = |events: Vec<Event>| {
+        let mut client = client.clone();
+        async move {
+            let answer = client
+                .publish_batch(PublishBatchRequest { events })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                answer
+                    .results
+                    .iter()
+                    .all(|r| matches!(r.outcome, Some(Outcome::Accepted(_))))
+            );
+        }
+    };
+    // One citizen, so one partition and one order.
+    let citizen = |n: usize| -> Vec<Event> {
+        (0..n)
+            .map(|_| event(DEATH, "psn:batched", &["E06000002"]))
+            .collect()
+    };
+    let before = citizen(40);
+    publish(before.clone()).await;
+
+    // Replayed from Kafka (the catch-up path): in order, at most 16 a message, and in
+    // fewer messages than events.
+    let name = "la.batched";
+    let f = || filter(&[DEATH], &[]);
+    let mut sub = Subscription::open_batched(&consumer, SUBSCRIBER, name, f(), beginning(), 16)
+        .await
+        .unwrap();
+    let got = sub.take(40).await;
+    assert_eq!(ids(&got), ids_of(&before));
+    assert!(
+        sub.messages.iter().all(|n| (1..=16).contains(n)),
+        "{:?}",
+        sub.messages
+    );
+    assert!(sub.messages.len() < 40, "{:?}", sub.messages);
+
+    // Acknowledged one by one: the 10 not acknowledged come back, and only they.
+    sub.ack(&got[..30]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sub.close().await;
+    let mut sub = Subscription::open_batched(&consumer, SUBSCRIBER, name, f(), resume(), 16)
+        .await
+        .unwrap();
+    let again = sub.take(10).await;
+    assert_eq!(ids(&again), ids_of(&before[30..]));
+    sub.ack(&again).await;
+
+    // Published while the stream is open (the live path): batched the same way.
+    let live = citizen(50);
+    let seen = sub.messages.len();
+    publish(live.clone()).await;
+    let got = sub.take(50).await;
+    assert_eq!(ids(&got), ids_of(&live));
+    let sizes = &sub.messages[seen..];
+    assert!(sizes.iter().all(|n| (1..=16).contains(n)), "{sizes:?}");
+    assert!(sub.next(QUIET).await.is_none(), "nothing else arrives");
+}
+
+fn ids_of(events: &[Event]) -> Vec<String> {
+    events.iter().map(|e| e.id.clone()).collect()
+}
+
+#[tokio::test]
 async fn a_subscription_can_start_from_a_point_in_time() {
     let kafka = kafka_config("since");
     let producer = start_producer(&kafka).await;
@@ -533,6 +606,21 @@ async fn malformed_subscriptions_are_refused_naming_the_field() {
             err.message()
         );
     }
+    let err = Subscription::open_batched(
+        &consumer,
+        SUBSCRIBER,
+        "la.x",
+        filter(&[DEATH], &[]),
+        resume(),
+        501,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "open.max_batch: 501 is over the limit of 500"
+    );
 }
 
 #[tokio::test]

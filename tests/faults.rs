@@ -377,6 +377,7 @@ async fn memory_stays_bounded_when_many_streams_never_read() {
                 }),
                 start: None,
                 max_in_flight: 0,
+                max_batch: 0,
             })),
         })
         .await

@@ -547,6 +547,7 @@ fn open(name: &str) -> Bytes {
             filter: Some(filter(&[DEATH], &[])),
             start: None,
             max_in_flight: 0,
+            max_batch: 0,
         })),
     }
     .encode_to_vec()

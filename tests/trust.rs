@@ -478,7 +478,7 @@ async fn the_subject_query_returns_exactly_the_deliveries_made_and_tampering_is_
 
     let mut about_a: Vec<(String, String)> = crier_audit::chain::deliveries_about(&trail, "psn:A")
         .iter()
-        .map(|r| (r.entry.actor.clone(), r.entry.event_id.clone()))
+        .map(|r| (r.record.entry.actor.clone(), r.event_id.to_owned()))
         .collect();
     about_a.sort();
     let mut expected = vec![

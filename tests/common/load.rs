@@ -291,6 +291,7 @@ async fn run_stream(
             }),
             start: None,
             max_in_flight,
+            max_batch: 0,
         })),
     })
     .await

@@ -311,6 +311,11 @@ pub struct Subscription {
     tx: mpsc::Sender<SubscribeRequest>,
     stream: Streaming<SubscribeResponse>,
     pub created: bool,
+    /// Deliveries received and not yet taken by `next`.
+    received: std::collections::VecDeque<Delivery>,
+    /// The size of each delivery message received: 0 for a single `delivery`, else how
+    /// many a `deliveries` message held.
+    pub messages: Vec<usize>,
 }
 
 pub fn filter(types: &[&str], areas: &[&str]) -> Filter {
@@ -357,6 +362,18 @@ impl Subscription {
         filter: Filter,
         start: Option<StartFrom>,
     ) -> Result<Self, Status> {
+        Self::open_batched(consumer, identity, name, filter, start, 0).await
+    }
+
+    /// Opens `name` as `identity`, asking for up to `max_batch` deliveries a message.
+    pub async fn open_batched(
+        consumer: &Running,
+        identity: &str,
+        name: &str,
+        filter: Filter,
+        start: Option<StartFrom>,
+        max_batch: u32,
+    ) -> Result<Self, Status> {
         let mut client = SubscriberClient::new(channel_as(consumer, Some(identity)).await);
         let (tx, rx) = mpsc::channel(1024);
         tx.send(SubscribeRequest {
@@ -365,6 +382,7 @@ impl Subscription {
                 filter: Some(filter),
                 start,
                 max_in_flight: 0,
+                max_batch,
             })),
         })
         .await
@@ -381,15 +399,30 @@ impl Subscription {
             tx,
             stream,
             created: opened.created,
+            received: Default::default(),
+            messages: Vec::new(),
         })
     }
 
     /// The next delivery, or `None` if none arrives within `wait`.
     pub async fn next(&mut self, wait: Duration) -> Option<Delivery> {
+        if let Some(d) = self.received.pop_front() {
+            return Some(d);
+        }
         match tokio::time::timeout(wait, self.stream.next()).await {
             Ok(Some(Ok(SubscribeResponse {
                 response: Some(ServerMsg::Delivery(d)),
-            }))) => Some(d),
+            }))) => {
+                self.messages.push(0);
+                Some(d)
+            }
+            Ok(Some(Ok(SubscribeResponse {
+                response: Some(ServerMsg::Deliveries(batch)),
+            }))) => {
+                self.messages.push(batch.deliveries.len());
+                self.received.extend(batch.deliveries);
+                self.received.pop_front()
+            }
             Ok(Some(Err(status))) => panic!("stream failed: {status}"),
             Ok(other) => panic!("unexpected stream item: {other:?}"),
             Err(_) => None,

@@ -70,13 +70,50 @@ pub fn verify(records: &[AuditRecord]) -> Result<Summary, Broken> {
     })
 }
 
+/// One event about a subject that reached a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt<'a> {
+    /// The delivery record naming it (actor, subscription, time).
+    pub record: &'a AuditRecord,
+    /// The event's id.
+    pub event_id: &'a str,
+    /// The event's type.
+    pub event_type: &'a str,
+    /// The agreements it was delivered under.
+    pub agreements: &'a [String],
+}
+
 /// Every delivery of an event about `subject`: which organisation's system received it,
-/// when, and under which agreements.
-pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<&'a AuditRecord> {
-    records
-        .iter()
-        .filter(|r| r.entry.action == Some(Action::Deliver) && r.entry.subject == subject)
-        .collect()
+/// when, and under which agreements. Reads both record forms: one event per record (the
+/// entry's own fields) and several (its `events`).
+pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<Receipt<'a>> {
+    let mut found = Vec::new();
+    for record in records {
+        let e = &record.entry;
+        if e.action != Some(Action::Deliver) {
+            continue;
+        }
+        if e.subject == subject {
+            found.push(Receipt {
+                record,
+                event_id: &e.event_id,
+                event_type: &e.event_type,
+                agreements: &e.agreements,
+            });
+        }
+        found.extend(
+            e.events
+                .iter()
+                .filter(|d| d.subject == subject)
+                .map(|d| Receipt {
+                    record,
+                    event_id: &d.event_id,
+                    event_type: &d.event_type,
+                    agreements: &d.agreements,
+                }),
+        );
+    }
+    found
 }
 
 #[cfg(test)]
@@ -151,11 +188,44 @@ mod tests {
         let t = trail(5);
         let found = deliveries_about(&t, "psn:1");
         assert_eq!(
+            found.iter().map(|r| r.event_id).collect::<Vec<_>>(),
+            ["1", "3"]
+        );
+    }
+
+    #[test]
+    fn the_subject_query_looks_inside_records_of_several_deliveries() {
+        let mut chain = Chain::new("c1".into());
+        let event = |id: &str, subject: &str| crate::Delivered {
+            event_id: id.into(),
+            subject: subject.into(),
+            agreements: vec![format!("dsa-{id}")],
+            ..Default::default()
+        };
+        let t = vec![
+            chain.next(Entry {
+                action: Some(Action::Deliver),
+                events: vec![
+                    event("a", "psn:1"),
+                    event("b", "psn:2"),
+                    event("c", "psn:1"),
+                ],
+                ..Default::default()
+            }),
+            chain.next(Entry {
+                action: Some(Action::Ack),
+                events: vec![event("d", "psn:1")],
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(verify(&t).map(|s| s.records), Ok(2));
+        let found = deliveries_about(&t, "psn:1");
+        assert_eq!(
             found
                 .iter()
-                .map(|r| r.entry.event_id.as_str())
+                .map(|r| (r.event_id, r.agreements[0].as_str()))
                 .collect::<Vec<_>>(),
-            ["1", "3"]
+            [("a", "dsa-a"), ("c", "dsa-c")]
         );
     }
 }

@@ -160,7 +160,8 @@ pub(crate) async fn run(
     let specs = specs(areas, plan.national, run_id);
     let national = plan.national as u32;
     eprintln!("bench: e2e: opening {} subscriptions", specs.len());
-    let (opened, open_time) = streams::open_all(&consumer.url(), &specs, 32).await?;
+    let (opened, open_time) =
+        streams::open_all(&consumer.url(), &specs, plan.max_batch, 32).await?;
 
     let events = (plan.rate * (plan.warmup + plan.e2e).as_secs_f64()).round() as usize;
     let started = Instant::now();

@@ -94,6 +94,10 @@ struct Args {
     /// the default, 5,000); a lower rate shows where the fan-out still keeps up.
     #[arg(long, value_name = "EVENTS_PER_SEC", default_value_t = 5000.0)]
     rate: f64,
+    /// Deliveries per message that each subscription asks for (`Open.max_batch`), as a busy
+    /// subscriber would; 1 takes every delivery in its own message.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_batch: u32,
     /// First local port to try for the services' gRPC and metrics listeners.
     #[arg(long, value_name = "PORT", default_value_t = 21050)]
     port_base: u16,
@@ -159,6 +163,8 @@ pub(crate) struct Plan {
     pub(crate) national: usize,
     /// Streams in the memory phase.
     pub(crate) streams: usize,
+    /// Deliveries per message each subscription asks for.
+    pub(crate) max_batch: u32,
 }
 
 impl Plan {
@@ -182,6 +188,7 @@ impl Plan {
             areas: 400,
             national: 20,
             streams: 2000,
+            max_batch: 256,
         }
     }
 }
@@ -196,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut plan = Plan::new(args.quick, args.phase_secs);
     plan.rate = args.rate;
+    plan.max_batch = args.max_batch;
     let wanted = |p: Phase| args.only.is_empty() || args.only.contains(&p);
     let started = Instant::now();
     let run_id = format!(

@@ -26,7 +26,7 @@ use tonic::{Streaming, transport::Channel};
 use crate::client;
 
 /// Most deliveries acknowledged in one Ack message: whatever has already arrived.
-const MAX_ACK_BATCH: usize = 64;
+const MAX_ACK_BATCH: usize = 512;
 
 /// One subscription to open.
 #[derive(Debug, Clone)]
@@ -56,12 +56,13 @@ pub(crate) struct StreamStats {
     pub(crate) first_end: std::sync::Mutex<Option<String>>,
 }
 
-/// Opens every subscription in `specs` (new subscriptions, starting from now), with one
-/// connection per distinct `org`, `concurrency` opens at a time. Returns the streams in
-/// `specs` order and how long opening took.
+/// Opens every subscription in `specs` (new subscriptions, starting from now, taking up to
+/// `max_batch` deliveries a message), with one connection per distinct `org`, `concurrency`
+/// opens at a time. Returns the streams in `specs` order and how long opening took.
 pub(crate) async fn open_all(
     url: &str,
     specs: &[Spec],
+    max_batch: u32,
     concurrency: usize,
 ) -> anyhow::Result<(Vec<OpenStream>, Duration)> {
     let orgs = specs.iter().map(|s| s.org).max().map_or(0, |m| m + 1);
@@ -74,7 +75,10 @@ pub(crate) async fn open_all(
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     let opened: Vec<OpenStream> = stream::iter(specs.iter().cloned())
-        .map(|spec| open(SubscriberClient::new(channels[spec.org].clone()), spec))
+        .map(|spec| {
+            let client = SubscriberClient::new(channels[spec.org].clone());
+            open(client, spec, max_batch)
+        })
         .buffered(concurrency)
         .collect::<Vec<_>>()
         .await
@@ -83,7 +87,11 @@ pub(crate) async fn open_all(
     Ok((opened, started.elapsed()))
 }
 
-async fn open(mut client: SubscriberClient<Channel>, spec: Spec) -> anyhow::Result<OpenStream> {
+async fn open(
+    mut client: SubscriberClient<Channel>,
+    spec: Spec,
+    max_batch: u32,
+) -> anyhow::Result<OpenStream> {
     let (acks, rx) = mpsc::channel(16);
     acks.send(SubscribeRequest {
         request: Some(ClientMsg::Open(Open {
@@ -93,6 +101,7 @@ async fn open(mut client: SubscriberClient<Channel>, spec: Spec) -> anyhow::Resu
                 from: Some(start_from::From::Resume(start_from::Resume {})),
             }),
             max_in_flight: 0,
+            max_batch,
         })),
     })
     .await?;
@@ -133,11 +142,18 @@ impl OpenStream {
             while let Some(msg) = next.take() {
                 match msg {
                     Ok(Some(m)) => {
-                        if let Some(ServerMsg::Delivery(d)) = &m.response {
-                            on_delivery(d, Instant::now());
-                            stats.deliveries.fetch_add(1, Ordering::Relaxed);
-                            ack_ids.push(d.ack_id.clone());
+                        let now = Instant::now();
+                        let deliveries = match m.response {
+                            Some(ServerMsg::Delivery(d)) => vec![d],
+                            Some(ServerMsg::Deliveries(batch)) => batch.deliveries,
+                            _ => Vec::new(),
+                        };
+                        let n = deliveries.len() as u64;
+                        for d in deliveries {
+                            on_delivery(&d, now);
+                            ack_ids.push(d.ack_id);
                         }
+                        stats.deliveries.fetch_add(n, Ordering::Relaxed);
                     }
                     Ok(None) | Err(_) => {
                         stats.ended_early.fetch_add(1, Ordering::Relaxed);

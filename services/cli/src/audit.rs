@@ -67,13 +67,14 @@ pub(crate) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             let records = trail.read().await?;
             let found = crier_audit::chain::deliveries_about(&records, &subject);
             for r in &found {
+                let (record, actor) = (r.record, &r.record.entry.actor);
                 println!(
                     "{}",
                     serde_json::json!({
-                        "time": r.time, "recipient": r.entry.actor,
-                        "organisation": r.entry.actor.split('/').next(),
-                        "subscription": r.entry.subscription, "event_id": r.entry.event_id,
-                        "event_type": r.entry.event_type, "agreements": r.entry.agreements,
+                        "time": record.time, "recipient": actor,
+                        "organisation": actor.split('/').next(),
+                        "subscription": record.entry.subscription, "event_id": r.event_id,
+                        "event_type": r.event_type, "agreements": r.agreements,
                     })
                 );
             }

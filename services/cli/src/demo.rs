@@ -133,6 +133,7 @@ fn open(name: &str) -> SubscribeRequest {
             start: Some(StartFrom {
                 from: Some(start_from::From::Resume(start_from::Resume {})),
             }),
+            max_batch: 0,
             max_in_flight: 0,
         })),
     }

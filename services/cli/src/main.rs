@@ -121,6 +121,10 @@ struct SubscribeArgs {
     /// Do not acknowledge (they will be delivered again next time).
     #[arg(long)]
     no_ack: bool,
+    /// Take up to this many deliveries per message (1 to 500), acknowledged together:
+    /// much cheaper for a busy subscription. The default takes them one at a time.
+    #[arg(long, default_value_t = 1)]
+    max_batch: u32,
 }
 
 #[tokio::main]
@@ -191,6 +195,7 @@ async fn subscribe(args: SubscribeArgs, creds: &connect::Credentials) -> anyhow:
         }),
         start: Some(start),
         max_in_flight: 0,
+        max_batch: args.max_batch,
     };
     let mut client = SubscriberClient::new(creds.channel(&args.consumer).await?);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -204,28 +209,32 @@ async fn subscribe(args: SubscribeArgs, creds: &connect::Credentials) -> anyhow:
         .map_err(status_error)?
         .into_inner();
     let mut received = 0;
+    let mut deliveries = Vec::new();
     while let Some(msg) = stream.next().await {
         match msg.map_err(status_error)?.response {
             Some(ServerMsg::Opened(opened)) => eprintln!(
                 "opened subscription {} (created: {})",
                 opened.subscription, opened.created
             ),
-            Some(ServerMsg::Delivery(d)) => {
-                println!("{}", demo::delivery_json(&d));
-                if !args.no_ack {
-                    tx.send(SubscribeRequest {
-                        request: Some(ClientMsg::Ack(Ack {
-                            ack_ids: vec![d.ack_id],
-                        })),
-                    })
-                    .await?;
-                }
-                received += 1;
-                if args.count.is_some_and(|n| received >= n) {
-                    break;
-                }
-            }
+            Some(ServerMsg::Delivery(d)) => deliveries = vec![d],
+            Some(ServerMsg::Deliveries(batch)) => deliveries = batch.deliveries,
             None => {}
+        }
+        let wanted = args.count.map_or(deliveries.len(), |n| n - received);
+        deliveries.truncate(wanted);
+        for d in &deliveries {
+            println!("{}", demo::delivery_json(d));
+        }
+        received += deliveries.len();
+        if !args.no_ack && !deliveries.is_empty() {
+            let ack_ids = deliveries.drain(..).map(|d| d.ack_id).collect();
+            tx.send(SubscribeRequest {
+                request: Some(ClientMsg::Ack(Ack { ack_ids })),
+            })
+            .await?;
+        }
+        if args.count.is_some_and(|n| received >= n) {
+            break;
         }
     }
     // Give the acks a moment to reach the server before the stream closes.

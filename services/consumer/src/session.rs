@@ -20,13 +20,15 @@ use std::{
 };
 
 use crier_agreements::reload::PolicyHandle;
-use crier_audit::{Action, Auditor, Entry};
+use crier_audit::{Action, Auditor, Delivered, Entry};
 use crier_identity::Identity;
 use crier_kafka::KafkaConfig;
 use crier_proto::v1::{
-    Delivery, Filter, Position, SubscribeRequest, SubscribeResponse, subscribe_request::Request,
-    subscribe_response::Response,
+    Deliveries, Delivery, Filter, Position, SubscribeRequest, SubscribeResponse,
+    subscribe_request::Request, subscribe_response::Response,
 };
+use futures::FutureExt;
+use prost::Message;
 use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
@@ -46,6 +48,10 @@ use crate::{
 
 /// Longest a cursor moved only by records that did not match waits to be saved.
 const SKIPPED_SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Most bytes of deliveries put in one message, well under gRPC's usual 4 MiB limit on
+/// what a client accepts.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// What a session needs from the service around it.
 #[derive(Debug, Clone)]
@@ -67,7 +73,7 @@ pub struct Session {
     caller: Identity,
     sub: StoredSubscription,
     filter: Filter,
-    max_in_flight: usize,
+    window: Window,
     out: mpsc::Sender<Result<SubscribeResponse, Status>>,
     live: broadcast::Receiver<Arc<Batch>>,
     catch_up: Option<CatchUp>,
@@ -89,6 +95,19 @@ pub struct Session {
     save_not_before: Option<std::time::Instant>,
     /// The live batch being delivered.
     pending: Option<Pending>,
+    /// Deliveries ready to go out in the next message, and their audit entries.
+    outbox: Vec<Delivery>,
+    outbox_bytes: usize,
+    receipts: Vec<Delivered>,
+}
+
+/// How much a stream may have outstanding and in one message.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Most deliveries unacknowledged at once.
+    pub max_in_flight: usize,
+    /// Most deliveries per message; 1 sends each as a `delivery`, more as `deliveries`.
+    pub max_batch: usize,
 }
 
 /// A live batch being delivered: the records this stream wants from it, and how far it
@@ -110,6 +129,7 @@ impl std::fmt::Debug for Session {
             .field("subscription", &self.sub.name)
             .field("next", &self.next)
             .field("in_flight", &self.in_flight)
+            .field("window", &self.window)
             .finish_non_exhaustive()
     }
 }
@@ -135,7 +155,7 @@ impl Session {
         live: broadcast::Receiver<Arc<Batch>>,
         start: BTreeMap<i32, i64>,
         high: &BTreeMap<i32, i64>,
-        max_in_flight: usize,
+        window: Window,
         out: mpsc::Sender<Result<SubscribeResponse, Status>>,
     ) -> Self {
         let joined = start
@@ -152,7 +172,7 @@ impl Session {
             caller,
             sub,
             filter,
-            max_in_flight,
+            window,
             out,
             live,
             catch_up: None,
@@ -167,6 +187,9 @@ impl Session {
             saved_at: std::time::Instant::now(),
             save_not_before: None,
             pending: None,
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+            receipts: Vec::new(),
         }
     }
 
@@ -183,7 +206,7 @@ impl Session {
                     "cannot read Kafka: {e}; reconnect to resume"
                 )));
             }
-            let room = self.in_flight < self.max_in_flight;
+            let room = self.in_flight < self.window.max_in_flight;
             if room && self.pending.is_some() {
                 if let Step::End(status) = self.drain_pending().await {
                     break status;
@@ -313,7 +336,8 @@ impl Session {
     }
 
     /// Delivers the current live batch's matches until they are done or the window is
-    /// full; the rest waits, so the in-flight window is never exceeded.
+    /// full; the rest waits, so the in-flight window is never exceeded. Matches go out
+    /// together, up to the stream's `max_batch` a message.
     async fn drain_pending(&mut self) -> Step {
         while let Some(pending) = &mut self.pending {
             let Some(&i) = pending.matches.get(pending.done) else {
@@ -327,8 +351,8 @@ impl Session {
                 self.pending = None;
                 break;
             };
-            if self.in_flight >= self.max_in_flight {
-                return Step::Continue;
+            if self.in_flight >= self.window.max_in_flight {
+                return self.send().await;
             }
             pending.done += 1;
             let batch = Arc::clone(&pending.batch);
@@ -338,9 +362,15 @@ impl Session {
             if *next < rec.offset {
                 *next = rec.offset;
             }
-            if let Step::End(status) = self.handle(rec).await {
+            self.handle(rec);
+            if self.outbox_full()
+                && let Step::End(status) = self.send().await
+            {
                 return Step::End(status);
             }
+        }
+        if let Step::End(status) = self.send().await {
+            return Step::End(status);
         }
         if self.joined.values().all(|j| *j) {
             self.drop_catch_up();
@@ -348,7 +378,23 @@ impl Session {
         Step::Continue
     }
 
-    async fn on_catch_up(&mut self, msg: Result<Record, KafkaError>) -> Step {
+    /// Takes a record from the catch-up reader, and any more it already holds, up to a
+    /// message's worth.
+    async fn on_catch_up(&mut self, mut msg: Result<Record, KafkaError>) -> Step {
+        loop {
+            self.take_catch_up(msg);
+            if self.outbox_full() || self.in_flight >= self.window.max_in_flight {
+                break;
+            }
+            match recv_catch_up(&self.catch_up).now_or_never() {
+                Some(more) => msg = more,
+                None => break,
+            }
+        }
+        self.send().await
+    }
+
+    fn take_catch_up(&mut self, msg: Result<Record, KafkaError>) {
         match msg {
             Ok(rec) => {
                 let next = self.next.get(&rec.partition).copied().unwrap_or(0);
@@ -358,7 +404,7 @@ impl Session {
                         from = next, to = rec.offset, "records expired before delivery");
                     self.next.insert(rec.partition, rec.offset);
                 }
-                self.handle(&rec).await
+                self.handle(&rec);
             }
             Err(KafkaError::PartitionEOF(p)) => {
                 let next = self.next.get(&p).copied().unwrap_or(0);
@@ -368,30 +414,27 @@ impl Session {
                 if self.joined.values().all(|j| *j) {
                     self.drop_catch_up();
                 }
-                Step::Continue
             }
             // Not waited on: see `read_errors` for why.
-            Err(e) => {
-                self.catch_up_errors.note(&e);
-                Step::Continue
-            }
+            Err(e) => self.catch_up_errors.note(&e),
         }
     }
 
-    /// Handles the record at `next` of its partition: delivers it if it matches.
-    async fn handle(&mut self, rec: &Record) -> Step {
+    /// Handles the record at `next` of its partition: if it matches, puts it in the outbox
+    /// (counted as in flight from now).
+    fn handle(&mut self, rec: &Record) {
         let p = rec.partition;
         if rec.offset != self.next.get(&p).copied().unwrap_or(0) {
-            return Step::Continue;
+            return;
         }
         self.next.insert(p, rec.offset + 1);
         self.dirty = true;
         let Some(event) = &rec.event else {
-            return Step::Continue;
+            return;
         };
         let areas = event.areas.iter().map(String::as_str);
         if !crier_schema::filter::matches(&self.filter, &event.r#type, areas.clone()) {
-            return Step::Continue;
+            return;
         }
         // Judged per delivery, so an expired or revoked agreement stops delivery at once.
         let policy = self.shared.policy.get();
@@ -399,7 +442,7 @@ impl Session {
         let Some(entitled) = policy.entitlement(self.caller.as_str(), &event.r#type, areas, now)
         else {
             metrics::counter!("crier_withheld_total").increment(1);
-            return Step::Continue;
+            return;
         };
         let mut minimised = event.clone();
         minimised.data = crier_agreements::minimise::minimise(
@@ -409,16 +452,13 @@ impl Session {
             &entitled.fields,
         );
         let ack_id = format!("{p}:{}", rec.offset);
-        self.audit(Entry {
-            action: Some(Action::Deliver),
+        self.receipts.push(Delivered {
             event_id: event.id.clone(),
             event_type: event.r#type.clone(),
             subject: event.subject.clone(),
             agreements: entitled.agreements,
-            detail: ack_id.clone(),
-            ..Default::default()
-        })
-        .await;
+            position: ack_id.clone(),
+        });
         let delivery = Delivery {
             event: Some(minimised),
             position: Some(Position {
@@ -428,13 +468,46 @@ impl Session {
             }),
             ack_id,
         };
+        self.outbox_bytes += delivery.encoded_len();
+        self.outbox.push(delivery);
         self.unacked.entry(p).or_default().insert(rec.offset);
         self.in_flight += 1;
-        metrics::counter!("crier_deliveries_total").increment(1);
-        let response = SubscribeResponse {
-            response: Some(Response::Delivery(delivery)),
+    }
+
+    fn outbox_full(&self) -> bool {
+        self.outbox.len() >= self.window.max_batch || self.outbox_bytes >= MAX_MESSAGE_BYTES
+    }
+
+    /// Sends the outbox as one message, audited as one record naming each event in it.
+    async fn send(&mut self) -> Step {
+        if self.outbox.is_empty() {
+            return Step::Continue;
+        }
+        let mut deliveries = std::mem::take(&mut self.outbox);
+        self.outbox_bytes = 0;
+        let events = std::mem::take(&mut self.receipts);
+        self.audit(Entry {
+            action: Some(Action::Deliver),
+            events,
+            ..Default::default()
+        })
+        .await;
+        metrics::counter!("crier_deliveries_total").increment(deliveries.len() as u64);
+        // `outbox_full` keeps a stream of single deliveries to one at a time.
+        debug_assert!(self.window.max_batch > 1 || deliveries.len() == 1);
+        let response = match deliveries.pop() {
+            Some(one) if self.window.max_batch == 1 && deliveries.is_empty() => {
+                Response::Delivery(one)
+            }
+            last => {
+                deliveries.extend(last);
+                Response::Deliveries(Deliveries { deliveries })
+            }
         };
-        if self.out.send(Ok(response)).await.is_err() {
+        let message = SubscribeResponse {
+            response: Some(response),
+        };
+        if self.out.send(Ok(message)).await.is_err() {
             return Step::End(None);
         }
         Step::Continue

@@ -20,12 +20,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     config::SubscriptionsConfig,
-    session::{Session, Shared},
+    session::{Session, Shared, Window},
     store::StoredSubscription,
 };
 
 /// How long a client has to send its Open message.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most deliveries a client may ask for in one message (`Open.max_batch`).
+const MAX_BATCH_LIMIT: u32 = 500;
 
 /// Implements `crier.v1.Subscriber`.
 #[derive(Debug, Clone)]
@@ -50,7 +53,7 @@ impl SubscriberService {
         }
     }
 
-    fn check_open(&self, open: &Open) -> Result<(Filter, usize), Invalid> {
+    fn check_open(&self, open: &Open) -> Result<(Filter, Window), Invalid> {
         filter::check_name(&open.subscription)?;
         let wanted = open.filter.clone().unwrap_or_default();
         filter::check_filter(&self.registry, &wanted)?;
@@ -67,7 +70,18 @@ impl SubscriberService {
             }
             n => n,
         };
-        Ok((filter::canonical(&wanted), max_in_flight as usize))
+        if open.max_batch > MAX_BATCH_LIMIT {
+            return Err(Invalid::new(
+                "open.max_batch",
+                format!("{} is over the limit of {MAX_BATCH_LIMIT}", open.max_batch),
+            ));
+        }
+        let window = Window {
+            max_in_flight: max_in_flight as usize,
+            // A batch can hold no more than the window lets out at once.
+            max_batch: open.max_batch.clamp(1, max_in_flight) as usize,
+        };
+        Ok((filter::canonical(&wanted), window))
     }
 
     /// Where the stream starts, per partition.
@@ -174,7 +188,7 @@ impl Subscriber for SubscriberService {
                 Invalid::new("open", "the first message on the stream must be open").into(),
             );
         };
-        let (wanted, max_in_flight) = self.check_open(&open)?;
+        let (wanted, window) = self.check_open(&open)?;
         let name = open.subscription.clone();
         let now = unix_now();
         if let Err(denied) = self.shared.policy.get().may_subscribe(
@@ -252,7 +266,7 @@ impl Subscriber for SubscriberService {
             .map_err(unavailable)?;
         tracing::info!(subscription = %name, created, ?start, "stream opened");
 
-        let (tx, rx) = mpsc::channel(max_in_flight + 8);
+        let (tx, rx) = mpsc::channel(window.max_in_flight + 8);
         let opened = SubscribeResponse {
             response: Some(ServerMsg::Opened(Opened {
                 subscription: name,
@@ -271,7 +285,7 @@ impl Subscriber for SubscriberService {
             live,
             start,
             &high,
-            max_in_flight,
+            window,
             tx,
         );
         metrics::gauge!("crier_open_streams").increment(1.0);
