@@ -193,6 +193,11 @@ impl Plan {
     }
 }
 
+// The load generator shares the two cores with what it measures; glibc's malloc was a
+// fifth of its CPU receiving deliveries (PERFORMANCE.md), CPU the services then lacked.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
