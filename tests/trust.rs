@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use crier_proto::{
     events::v1 as ev,
-    v1::{Event, PublishRequest, publisher_client::PublisherClient},
+    v1::{
+        Event, PublishBatchRequest, PublishRequest, publish_result::Outcome,
+        publisher_client::PublisherClient,
+    },
 };
 use crier_tests::*;
 use prost::Message;
@@ -424,6 +427,87 @@ async fn audit_trail(kafka: &crier_kafka::KafkaConfig, n: usize) -> Vec<crier_au
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("audit trail did not reach {n} records");
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_event_in_order_and_audits_each_accepted_or_refused_one() {
+    let kafka = kafka_config("batch-audit");
+    let producer = start_producer(&kafka).await;
+    let mut client = publisher(&producer).await;
+    let earlier = event(DEATH, "psn:earlier", &["E06000002"]);
+    let first = client
+        .publish(PublishRequest {
+            event: Some(earlier.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let new = event(DEATH, "psn:new", &["E06000002"]);
+    let mut foreign = event(DEATH, "psn:foreign", &["E06000002"]);
+    foreign.source = format!("urn:crier:{GRO}");
+    let mut invalid = event(DEATH, "psn:invalid", &["E06000002"]);
+    invalid.areas = vec!["nowhere".into()];
+    // The same new event twice in one batch, and one published before it.
+    let batch = vec![
+        new.clone(),
+        earlier.clone(),
+        new.clone(),
+        foreign.clone(),
+        invalid.clone(),
+    ];
+    let results = client
+        .publish_batch(PublishBatchRequest { events: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+
+    let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [&new.id, &earlier.id, &new.id, &foreign.id, &invalid.id]
+    );
+    let accepted = |i: usize| match &results[i].outcome {
+        Some(Outcome::Accepted(a)) => (a.duplicate, a.position.clone()),
+        other => panic!("event {i}: {other:?}"),
+    };
+    let refused = |i: usize| match &results[i].outcome {
+        Some(Outcome::Error(e)) => (e.code, e.field.clone()),
+        other => panic!("event {i}: {other:?}"),
+    };
+    let (duplicate, position) = accepted(0);
+    assert!(!duplicate && position.is_some());
+    assert_eq!(
+        accepted(1),
+        (true, first.position),
+        "a repeat of an earlier publish"
+    );
+    assert_eq!(accepted(2), (true, position), "a repeat within the batch");
+    assert_eq!(refused(3), (Code::PermissionDenied as i32, String::new()));
+    assert_eq!(
+        refused(4),
+        (Code::InvalidArgument as i32, "events[4].areas[0]".into())
+    );
+    assert_eq!(
+        records_in(&kafka, &kafka.events_topic),
+        2,
+        "each accepted event is in Kafka once"
+    );
+
+    let trail = audit_trail(&kafka, 3).await;
+    assert_eq!(crier_audit::chain::verify(&trail).map(|s| s.records), Ok(3));
+    let audited: Vec<(Option<crier_audit::Action>, &str)> = trail
+        .iter()
+        .map(|r| (r.entry.action, r.entry.event_id.as_str()))
+        .collect();
+    assert_eq!(
+        audited,
+        [
+            (Some(crier_audit::Action::Publish), earlier.id.as_str()),
+            (Some(crier_audit::Action::Deny), foreign.id.as_str()),
+            (Some(crier_audit::Action::Publish), new.id.as_str()),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@
 //! different pairs sharing 128 hash bits is not a practical concern.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, VecDeque, hash_map::Entry},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -39,12 +39,21 @@ fn key(source: &str, id: &str) -> Key {
 #[derive(Debug)]
 pub enum Claim {
     /// Nobody has published this pair: the caller must publish, then call
-    /// [`Dedup::complete`] or [`Dedup::release`].
+    /// [`Dedup::complete`] or [`Dedup::release`] (or their `_many` forms).
     Mine,
     /// Already durably published at this position.
     Done(Position),
     /// Another call is publishing it now: wait on this, then claim again.
     Wait(watch::Receiver<bool>),
+}
+
+/// One pair's outcome in [`Dedup::claim_many`].
+#[derive(Debug)]
+pub enum Claimed {
+    /// The pair's first appearance in the call, claimed as by [`Dedup::claim`].
+    First(Claim),
+    /// The same pair as at this earlier index of the call: it shares that one's outcome.
+    Repeat(usize),
 }
 
 #[derive(Debug)]
@@ -83,9 +92,36 @@ impl Dedup {
 
     /// Claims `(source, id)` for publishing, or says why not.
     pub fn claim(&self, source: &str, id: &str) -> Claim {
+        let key = key(source, id);
         let mut inner = self.lock();
         inner.expire(Instant::now(), self.window, self.capacity);
-        let key = key(source, id);
+        self.claim_key(&mut inner, key)
+    }
+
+    /// Claims each pair as [`Dedup::claim`] would, in order, under one lock. A pair that
+    /// appears again within `pairs` is a [`Claimed::Repeat`] of its first index: claiming it
+    /// again would make the caller wait on its own claim.
+    pub fn claim_many<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<Claimed> {
+        let keys: Vec<Key> = pairs.into_iter().map(|(s, id)| key(s, id)).collect();
+        let mut first = HashMap::with_capacity(keys.len());
+        let mut inner = self.lock();
+        inner.expire(Instant::now(), self.window, self.capacity);
+        keys.into_iter()
+            .enumerate()
+            .map(|(i, key)| match first.entry(key) {
+                Entry::Occupied(at) => Claimed::Repeat(*at.get()),
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
+                    Claimed::First(self.claim_key(&mut inner, key))
+                }
+            })
+            .collect()
+    }
+
+    fn claim_key(&self, inner: &mut Inner, key: Key) -> Claim {
         match inner.slots.get(&key) {
             Some(Slot::Done(partition, offset)) => Claim::Done(Position {
                 topic: self.topic.clone(),
@@ -103,20 +139,42 @@ impl Dedup {
 
     /// Records that the claimed pair is durably at `position`.
     pub fn complete(&self, source: &str, id: &str, position: Position) {
+        self.complete_many([(source, id, &position)]);
+    }
+
+    /// Records that each claimed pair is durably at its position, under one lock.
+    pub fn complete_many<'a>(
+        &self,
+        done: impl IntoIterator<Item = (&'a str, &'a str, &'a Position)>,
+    ) {
+        let done: Vec<(Key, i32, i64)> = done
+            .into_iter()
+            .map(|(s, id, p)| (key(s, id), p.partition, p.offset))
+            .collect();
         let mut inner = self.lock();
-        let key = key(source, id);
-        let done = Slot::Done(position.partition, position.offset);
-        if let Some(Slot::Pending(tx)) = inner.slots.insert(key, done) {
-            let _ = tx.send(true);
+        let now = Instant::now();
+        for (key, partition, offset) in done {
+            if let Some(Slot::Pending(tx)) = inner.slots.insert(key, Slot::Done(partition, offset))
+            {
+                let _ = tx.send(true);
+            }
+            inner.order.push_back((now, key));
         }
-        inner.order.push_back((Instant::now(), key));
     }
 
     /// Gives up a claim after a failed publish, waking any waiting retry.
     pub fn release(&self, source: &str, id: &str) {
+        self.release_many([(source, id)]);
+    }
+
+    /// Gives up each claim after failed publishes, under one lock.
+    pub fn release_many<'a>(&self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let keys: Vec<Key> = pairs.into_iter().map(|(s, id)| key(s, id)).collect();
         let mut inner = self.lock();
-        if let Some(Slot::Pending(tx)) = inner.slots.remove(&key(source, id)) {
-            let _ = tx.send(true);
+        for key in keys {
+            if let Some(Slot::Pending(tx)) = inner.slots.remove(&key) {
+                let _ = tx.send(true);
+            }
         }
     }
 
@@ -172,6 +230,53 @@ mod tests {
         d.release("s", "1");
         assert!(*rx.borrow());
         assert!(matches!(d.claim("s", "1"), Claim::Mine));
+    }
+
+    #[test]
+    fn a_pair_repeated_in_one_claim_many_is_a_repeat_of_its_first_appearance() {
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
+        let claims = d.claim_many([("s", "1"), ("s", "2"), ("s", "1"), ("other", "1")]);
+        assert!(matches!(
+            claims[..],
+            [
+                Claimed::First(Claim::Mine),
+                Claimed::First(Claim::Mine),
+                Claimed::Repeat(0),
+                Claimed::First(Claim::Mine)
+            ]
+        ));
+    }
+
+    #[test]
+    fn claim_many_sees_pairs_completed_or_in_flight_elsewhere() {
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
+        assert!(matches!(d.claim("s", "done"), Claim::Mine));
+        d.complete("s", "done", pos(3));
+        assert!(matches!(d.claim("s", "pending"), Claim::Mine));
+        let claims = d.claim_many([("s", "done"), ("s", "pending"), ("s", "new")]);
+        assert!(matches!(
+            claims[..],
+            [
+                Claimed::First(Claim::Done(ref p)),
+                Claimed::First(Claim::Wait(_)),
+                Claimed::First(Claim::Mine)
+            ] if p.offset == 3
+        ));
+    }
+
+    #[test]
+    fn complete_many_and_release_many_settle_each_claim_and_wake_its_waiters() {
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
+        d.claim_many([("s", "1"), ("s", "2"), ("s", "3")]);
+        let (Claim::Wait(rx1), Claim::Wait(rx2)) = (d.claim("s", "1"), d.claim("s", "2")) else {
+            panic!("expected to wait")
+        };
+        d.complete_many([("s", "1", &pos(5))]);
+        d.release_many([("s", "2"), ("s", "3")]);
+        assert!(*rx1.borrow() && *rx2.borrow());
+        assert!(matches!(d.claim("s", "1"), Claim::Done(p) if p.offset == 5));
+        assert!(matches!(d.claim("s", "2"), Claim::Mine));
+        assert!(matches!(d.claim("s", "3"), Claim::Mine));
     }
 
     #[test]
