@@ -443,6 +443,7 @@ async fn a_batch_answers_each_event_in_order_and_audits_each_accepted_or_refused
         .unwrap()
         .into_inner();
     let new = event(DEATH, "psn:new", &["E06000002"]);
+    let second = event(DEATH, "psn:second", &["E06000003"]);
     let mut foreign = event(DEATH, "psn:foreign", &["E06000002"]);
     foreign.source = format!("urn:crier:{GRO}");
     let mut invalid = event(DEATH, "psn:invalid", &["E06000002"]);
@@ -454,6 +455,7 @@ async fn a_batch_answers_each_event_in_order_and_audits_each_accepted_or_refused
         new.clone(),
         foreign.clone(),
         invalid.clone(),
+        second.clone(),
     ];
     let results = client
         .publish_batch(PublishBatchRequest { events: batch })
@@ -465,7 +467,14 @@ async fn a_batch_answers_each_event_in_order_and_audits_each_accepted_or_refused
     let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
         ids,
-        [&new.id, &earlier.id, &new.id, &foreign.id, &invalid.id]
+        [
+            &new.id,
+            &earlier.id,
+            &new.id,
+            &foreign.id,
+            &invalid.id,
+            &second.id
+        ]
     );
     let accepted = |i: usize| match &results[i].outcome {
         Some(Outcome::Accepted(a)) => (a.duplicate, a.position.clone()),
@@ -488,17 +497,26 @@ async fn a_batch_answers_each_event_in_order_and_audits_each_accepted_or_refused
         refused(4),
         (Code::InvalidArgument as i32, "events[4].areas[0]".into())
     );
+    assert!(!accepted(5).0);
     assert_eq!(
         records_in(&kafka, &kafka.events_topic),
-        2,
+        3,
         "each accepted event is in Kafka once"
     );
 
     let trail = audit_trail(&kafka, 3).await;
     assert_eq!(crier_audit::chain::verify(&trail).map(|s| s.records), Ok(3));
+    // A record names its one event, or (for what one request published) each of them.
     let audited: Vec<(Option<crier_audit::Action>, &str)> = trail
         .iter()
-        .map(|r| (r.entry.action, r.entry.event_id.as_str()))
+        .flat_map(|r| {
+            let ids: Vec<&str> = if r.entry.events.is_empty() {
+                vec![r.entry.event_id.as_str()]
+            } else {
+                r.entry.events.iter().map(|e| e.event_id.as_str()).collect()
+            };
+            ids.into_iter().map(|id| (r.entry.action, id))
+        })
         .collect();
     assert_eq!(
         audited,
@@ -506,7 +524,13 @@ async fn a_batch_answers_each_event_in_order_and_audits_each_accepted_or_refused
             (Some(crier_audit::Action::Publish), earlier.id.as_str()),
             (Some(crier_audit::Action::Deny), foreign.id.as_str()),
             (Some(crier_audit::Action::Publish), new.id.as_str()),
+            (Some(crier_audit::Action::Publish), second.id.as_str()),
         ]
+    );
+    assert_eq!(
+        trail[2].entry.events.len(),
+        2,
+        "what one request published is one record"
     );
 }
 

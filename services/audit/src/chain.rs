@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn the_subject_query_looks_inside_records_of_several_deliveries() {
         let mut chain = Chain::new("c1".into());
-        let event = |id: &str, subject: &str| crate::Delivered {
+        let event = |id: &str, subject: &str| crate::EventRef {
             event_id: id.into(),
             subject: subject.into(),
             agreements: vec![format!("dsa-{id}")],

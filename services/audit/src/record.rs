@@ -36,25 +36,26 @@ pub struct Entry {
     pub agreements: Vec<String>,
     /// Anything else: the reason for a refusal, the Kafka position of an event.
     pub detail: String,
-    /// For a delivery: each event in the message sent, in order. One record per message
-    /// rather than per event, so a subscriber taking deliveries in batches costs one record
-    /// a batch. (Records written before this field named their one event above.)
+    /// For a publish or a delivery: each event the record covers, in order. One record per
+    /// publish request or per message sent rather than per event, so that batches cost one
+    /// record a batch. (Records written before this field named their one event above.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<Delivered>,
+    pub events: Vec<EventRef>,
 }
 
-/// One event sent to a subscriber: what it was, whom it was about, and why it was allowed.
+/// One event published or delivered: what it was, whom it was about, and why it was
+/// allowed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivered {
+pub struct EventRef {
     /// The event's id (CloudEvents `id`).
     pub event_id: String,
     /// The event's type.
     pub event_type: String,
     /// The pseudonymous subject reference the event is about.
     pub subject: String,
-    /// The agreements it was delivered under.
+    /// The agreements it was published or delivered under.
     pub agreements: Vec<String>,
-    /// Its position, as the subscriber's `ack_id`: `<partition>:<offset>`.
+    /// Where Kafka holds it, as a subscriber's `ack_id`: `<partition>:<offset>`.
     pub position: String,
 }
 

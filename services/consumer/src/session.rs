@@ -20,7 +20,7 @@ use std::{
 };
 
 use crier_agreements::reload::PolicyHandle;
-use crier_audit::{Action, Auditor, Delivered, Entry};
+use crier_audit::{Action, Auditor, Entry, EventRef};
 use crier_identity::Identity;
 use crier_kafka::KafkaConfig;
 use crier_proto::v1::{
@@ -98,7 +98,7 @@ pub struct Session {
     /// Deliveries ready to go out in the next message, and their audit entries.
     outbox: Vec<Delivery>,
     outbox_bytes: usize,
-    receipts: Vec<Delivered>,
+    receipts: Vec<EventRef>,
 }
 
 /// How much a stream may have outstanding and in one message.
@@ -452,7 +452,7 @@ impl Session {
             &entitled.fields,
         );
         let ack_id = format!("{p}:{}", rec.offset);
-        self.receipts.push(Delivered {
+        self.receipts.push(EventRef {
             event_id: event.id.clone(),
             event_type: event.r#type.clone(),
             subject: event.subject.clone(),

@@ -9,7 +9,7 @@
 //! lock, an audit send and metrics each), not Kafka, was most of what a batched event cost.
 //! Its events are checked against one policy snapshot, claimed under one dedup lock, and
 //! written by one task with every send in flight, which then settles the claims and audits
-//! the accepted events in bulk. Each event still gets its own outcome, audit record and
+//! the accepted events as one record naming each. Each event still gets its own outcome and
 //! metric count.
 
 use std::{
@@ -18,7 +18,7 @@ use std::{
 };
 
 use crier_agreements::{Policy, reload::PolicyHandle};
-use crier_audit::{Action, Auditor, Entry};
+use crier_audit::{Action, Auditor, Entry, EventRef};
 use crier_identity::Identity;
 use crier_kafka::cloudevents;
 use crier_proto::v1::{
@@ -319,25 +319,32 @@ impl Inner {
                 .filter(|(.., w)| w.is_err())
                 .map(|(s, id, _)| (s, id)),
         );
-        let mut audit = Vec::with_capacity(events.len());
-        for (c, w) in events.into_iter().zip(&written) {
-            if let Ok(position) = w {
-                audit.push(Entry {
-                    action: Some(Action::Publish),
-                    actor: actor.to_owned(),
+        // One record for everything this request published, naming each event.
+        let accepted: Vec<EventRef> = events
+            .into_iter()
+            .zip(&written)
+            .filter_map(|(c, w)| {
+                let position = w.as_ref().ok()?;
+                Some(EventRef {
                     event_id: c.event.id,
                     event_type: c.event.r#type,
                     subject: c.event.subject,
                     agreements: c.agreements,
-                    detail: format!(
-                        "{}[{}]@{}",
-                        position.topic, position.partition, position.offset
-                    ),
+                    position: format!("{}:{}", position.partition, position.offset),
+                })
+            })
+            .collect();
+        if !accepted.is_empty() {
+            self.auditor
+                .record(Entry {
+                    action: Some(Action::Publish),
+                    actor: actor.to_owned(),
+                    detail: self.topic.clone(),
+                    events: accepted,
                     ..Default::default()
-                });
-            }
+                })
+                .await;
         }
-        self.auditor.record_many(audit).await;
         written
             .into_iter()
             .map(|w| {
