@@ -6,9 +6,12 @@
 //! keyed by chain id so a chain stays in order.
 //!
 //! Records queued together go out as one Kafka message, one JSON record per line (up to
-//! [`MAX_PER_MESSAGE`]): a busy consumer service audits over 100,000 deliveries a second, and
-//! a Kafka record each would cost more than the deliveries themselves. Each record is still
-//! hashed and chained on its own, so verification does not depend on how they were packed.
+//! [`MAX_PER_MESSAGE`] records and [`MAX_MESSAGE_BYTES`]): a busy consumer service audits
+//! over 100,000 deliveries a second, and a Kafka record each would cost more than the
+//! deliveries themselves. Each record is still hashed and chained on its own, so
+//! verification does not depend on how they were packed. The byte bound matters because a
+//! record can name hundreds of events (a batch delivered or published): 512 of those
+//! exceeded the broker's largest message, and Kafka refused them.
 
 use std::time::Duration;
 
@@ -76,6 +79,37 @@ fn now() -> String {
 /// Most records packed into one Kafka message.
 pub const MAX_PER_MESSAGE: usize = 512;
 
+/// Most bytes of records packed into one Kafka message, well under Kafka's default largest
+/// message (1 MB) even before compression. A single larger record goes alone.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Appends `entries` to `chain` and packs them, in chain order, into Kafka message values
+/// of at most [`MAX_MESSAGE_BYTES`] each (a record bigger than that alone), with how many
+/// records each holds.
+fn pack(
+    chain: &mut Chain,
+    entries: impl Iterator<Item = Entry>,
+    time: &str,
+) -> Vec<(Vec<u8>, usize)> {
+    let mut messages = Vec::new();
+    let (mut value, mut n) = (Vec::new(), 0);
+    let mut line = Vec::new();
+    for entry in entries {
+        line.clear();
+        chain.append(entry, time, &mut line);
+        if n > 0 && value.len() + line.len() > MAX_MESSAGE_BYTES {
+            messages.push((std::mem::take(&mut value), n));
+            n = 0;
+        }
+        value.extend_from_slice(&line);
+        n += 1;
+    }
+    if n > 0 {
+        messages.push((value, n));
+    }
+    messages
+}
+
 /// The handle services record through. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Auditor {
@@ -139,17 +173,15 @@ async fn write(
                     break;
                 }
                 let time = now();
-                let mut value = Vec::with_capacity(n * 512);
-                for entry in entries.drain(..) {
-                    chain.append(entry, &time, &mut value);
+                for (value, n) in pack(&mut chain, entries.drain(..), &time) {
+                    let producer = producer.clone();
+                    let (topic, key) = (topic.clone(), chain.id.clone());
+                    in_flight.push_back(async move {
+                        let r = FutureRecord::to(&topic).key(&key).payload(&value);
+                        let sent = producer.send(r, Duration::from_secs(30)).await;
+                        (n, sent.map(|_| ()).map_err(|(e, _)| e))
+                    });
                 }
-                let producer = producer.clone();
-                let (topic, key) = (topic.clone(), chain.id.clone());
-                in_flight.push_back(async move {
-                    let r = FutureRecord::to(&topic).key(&key).payload(&value);
-                    let sent = producer.send(r, Duration::from_secs(30)).await;
-                    (n, sent.map(|_| ()).map_err(|(e, _)| e))
-                });
             }
             Some((n, result)) = in_flight.next(), if !in_flight.is_empty() => report(n, result),
         }
@@ -174,6 +206,33 @@ fn report(n: usize, result: Result<(), rdkafka::error::KafkaError>) {
 mod tests {
     use super::*;
     use crate::{Action, chain::verify};
+
+    #[test]
+    fn records_naming_many_events_are_split_across_messages_under_the_byte_bound() {
+        let mut chain = Chain::new("c1".into());
+        let big = |i: usize| Entry {
+            action: Some(Action::Deliver),
+            events: (0..250)
+                .map(|e| crate::EventRef {
+                    event_id: format!("{i}-{e}"),
+                    subject: "psn:0123456789abcdef".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let messages = pack(&mut chain, (0..40).map(big), "2026-11-27T00:00:00Z");
+        assert!(messages.len() > 1, "{} message(s)", messages.len());
+        assert!(messages.iter().all(|(v, _)| v.len() <= MAX_MESSAGE_BYTES));
+        let records: Vec<AuditRecord> = messages
+            .iter()
+            .flat_map(|(v, _)| v.split(|b| *b == b'\n').filter(|l| !l.is_empty()))
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let counted: usize = messages.iter().map(|(_, n)| n).sum();
+        assert_eq!((records.len(), counted), (40, 40));
+        assert_eq!(verify(&records).map(|s| s.records), Ok(40));
+    }
 
     #[test]
     fn records_packed_into_one_message_each_verify_on_their_own() {

@@ -66,6 +66,9 @@ pub(crate) struct E2e {
     pub(crate) read_amplification_counter: f64,
     pub(crate) catch_up_readers: f64,
     pub(crate) lagged: f64,
+    /// The consumer's audit records written and refused by Kafka during the phase.
+    pub(crate) audit_written: f64,
+    pub(crate) audit_failed: f64,
 }
 
 /// The subscriptions: one per area (type filter: deaths and moves), plus `national` with
@@ -326,6 +329,8 @@ pub(crate) async fn run(
         },
         catch_up_readers: counter("crier_catch_up_readers_total"),
         lagged: counter("crier_live_lagged_total"),
+        audit_written: counter("crier_audit_records_total"),
+        audit_failed: counter("crier_audit_failures_total"),
     })
 }
 

@@ -385,6 +385,10 @@ async fn main() -> anyhow::Result<()> {
              catch-up readers started {}, live lag events {}",
             r.read_amplification_counter, r.catch_up_readers, r.lagged
         ));
+        notes.push(format!(
+            "audit (consumer): {} records written, {} refused by Kafka",
+            r.audit_written, r.audit_failed
+        ));
         notes.push(format!("e2e: {cpu}"));
     }
     if wanted(Phase::Memory) {
