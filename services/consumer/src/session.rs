@@ -494,15 +494,10 @@ impl Session {
         .await;
         metrics::counter!("crier_deliveries_total").increment(deliveries.len() as u64);
         // `outbox_full` keeps a stream of single deliveries to one at a time.
-        debug_assert!(self.window.max_batch > 1 || deliveries.len() == 1);
-        let response = match deliveries.pop() {
-            Some(one) if self.window.max_batch == 1 && deliveries.is_empty() => {
-                Response::Delivery(one)
-            }
-            last => {
-                deliveries.extend(last);
-                Response::Deliveries(Deliveries { deliveries })
-            }
+        let response = if self.window.max_batch == 1 && deliveries.len() == 1 {
+            Response::Delivery(deliveries.remove(0))
+        } else {
+            Response::Deliveries(Deliveries { deliveries })
         };
         let message = SubscribeResponse {
             response: Some(response),
