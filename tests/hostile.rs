@@ -792,3 +792,80 @@ async fn an_ack_over_the_message_size_limit_is_answered_with_out_of_range() {
         status.message()
     );
 }
+
+/// A flood of batches beyond the producer's bound on events in progress: the calls over
+/// it are refused at once with UNAVAILABLE naming the limit, and nothing is half-written.
+/// Retrying the refused batches with the same ids publishes every event exactly once.
+#[tokio::test]
+async fn a_flood_over_the_producers_limit_is_refused_with_unavailable_and_retries_lose_nothing() {
+    const BATCHES: usize = 100;
+    const EVENTS: usize = 10;
+    let kafka = kafka_config("hostile-flood");
+    let agreements = agreements_file("open", OPEN_AGREEMENTS);
+    let producer = start_producer_tuned(&kafka, &agreements, |c| {
+        c.limits.max_events_in_progress = EVENTS;
+        c.limits.max_batch_events = EVENTS;
+        c.limits.publish_rate_per_sec = 0;
+    })
+    .await;
+    let client = publisher(&producer).await;
+    let batch = |b: usize| PublishBatchRequest {
+        events: (0..EVENTS)
+            .map(|i| event(DEATH, &format!("psn:flood-{b}-{i}"), &["E06000002"]))
+            .collect(),
+    };
+
+    let mut calls = tokio::task::JoinSet::new();
+    for b in 0..BATCHES {
+        let mut client = client.clone();
+        let request = batch(b);
+        calls.spawn(async move { (b, request.clone(), client.publish_batch(request).await) });
+    }
+    let mut refused = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let (b, request, answer) = joined.unwrap();
+        match answer {
+            Ok(response) => assert!(
+                response.get_ref().results.iter().all(|r| matches!(
+                    r.outcome,
+                    Some(crier_proto::v1::publish_result::Outcome::Accepted(_))
+                )),
+                "batch {b}: {response:?}"
+            ),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+                assert!(
+                    status.message().contains("limit of 10") && status.message().contains("retry"),
+                    "{}",
+                    status.message()
+                );
+                refused.push(request);
+            }
+        }
+    }
+    println!(
+        "{} of {BATCHES} concurrent batches refused with UNAVAILABLE",
+        refused.len()
+    );
+    assert!(
+        !refused.is_empty() && refused.len() < BATCHES,
+        "{BATCHES} batches of {EVENTS} at once against a limit of {EVENTS}: some, not all, must be refused"
+    );
+
+    let mut client = client.clone();
+    for request in refused {
+        let mut tries = 0;
+        while let Err(status) = client.publish_batch(request.clone()).await {
+            assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+            tries += 1;
+            assert!(tries < 100, "a lone retry kept being refused");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        records_in(&kafka, &kafka.events_topic),
+        (BATCHES * EVENTS) as i64,
+        "every event written exactly once"
+    );
+    producer.stop().await;
+}

@@ -181,6 +181,15 @@ pub async fn start_producer(kafka: &crier_kafka::KafkaConfig) -> Running {
 }
 
 pub async fn start_producer_with(kafka: &crier_kafka::KafkaConfig, agreements: &Path) -> Running {
+    start_producer_tuned(kafka, agreements, |_| {}).await
+}
+
+/// A producer whose test configuration `tune` may change before it starts.
+pub async fn start_producer_tuned(
+    kafka: &crier_kafka::KafkaConfig,
+    agreements: &Path,
+    tune: impl FnOnce(&mut crier_producer::Config),
+) -> Running {
     let mut config = crier_producer::Config {
         kafka: kafka.clone(),
         auth: auth_config(),
@@ -189,6 +198,7 @@ pub async fn start_producer_with(kafka: &crier_kafka::KafkaConfig, agreements: &
     config.agreements.path = Some(agreements.to_owned());
     config.agreements.reload_secs = 1;
     config.metrics.listen = None;
+    tune(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();

@@ -64,6 +64,10 @@ pub struct Limits {
     pub publish_rate_per_sec: u32,
     /// Events a publisher may send in a burst above the sustained rate.
     pub publish_burst: u32,
+    /// Most events being published at once, across every caller; beyond it, UNAVAILABLE
+    /// at once rather than a queue that outlasts the callers' deadlines. At least
+    /// `max_batch_events`, so that every allowed batch can be admitted.
+    pub max_events_in_progress: usize,
 }
 
 impl Default for Limits {
@@ -73,6 +77,7 @@ impl Default for Limits {
             max_batch_events: 1000,
             publish_rate_per_sec: 5000,
             publish_burst: 10_000,
+            max_events_in_progress: 20_000,
         }
     }
 }
@@ -130,6 +135,14 @@ impl crier_runtime::ServiceConfig for Config {
         &self.log
     }
     fn check(&self) -> Result<(), String> {
+        let limits = &self.limits;
+        if limits.max_events_in_progress < limits.max_batch_events.max(1) {
+            return Err(format!(
+                "[limits] max_events_in_progress ({}) must be at least max_batch_events ({}), \
+                 or a full batch could never be admitted",
+                limits.max_events_in_progress, limits.max_batch_events
+            ));
+        }
         crier_identity::Authenticator::new(&self.auth)?;
         crier_identity::tls::server_from(&self.auth)?;
         let path = self
@@ -139,5 +152,25 @@ impl crier_runtime::ServiceConfig for Config {
             .ok_or("[agreements] path is required")?;
         crier_agreements::Policy::load(path).map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crier_runtime::ServiceConfig;
+
+    use super::*;
+
+    #[test]
+    fn a_limit_on_events_in_progress_below_the_largest_batch_is_refused() {
+        let mut config = Config::default();
+        config.limits.max_events_in_progress = 999;
+        let error = config
+            .check()
+            .expect_err("999 cannot admit a batch of 1000");
+        assert!(
+            error.contains("max_events_in_progress (999)") && error.contains("(1000)"),
+            "{error}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! [`serve`] is the whole service as a library function, so tests start it in-process on a
 //! port-0 listener and the binary in `main.rs` only parses flags and wires signals.
 
+pub mod admission;
 pub mod config;
 pub mod dedup;
 pub mod publisher;

@@ -58,6 +58,7 @@ struct Inner {
     dedup: Dedup,
     delivery_timeout: Duration,
     quotas: crate::quota::Quotas,
+    admission: crate::admission::Admission,
 }
 
 impl PublisherService {
@@ -84,6 +85,7 @@ impl PublisherService {
                     limits.publish_rate_per_sec,
                     limits.publish_burst,
                 ),
+                admission: crate::admission::Admission::new(limits.max_events_in_progress),
                 limits,
                 dedup,
                 delivery_timeout,
@@ -447,6 +449,7 @@ impl Publisher for PublisherService {
     ) -> Result<Response<PublishResponse>, Status> {
         let caller = crier_identity::caller(&request)?;
         self.inner.quotas.take(caller.as_str(), 1)?;
+        let _admitted = self.inner.admission.admit(1)?;
         let event = request.into_inner().event;
         self.inner.publish(&caller, event).await.map(Response::new)
     }
@@ -472,6 +475,7 @@ impl Publisher for PublisherService {
             caller.as_str(),
             u32::try_from(events.len()).unwrap_or(u32::MAX),
         )?;
+        let _admitted = self.inner.admission.admit(events.len())?;
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let results = self.inner.publish_many(&caller, events).await;
         let results = ids
