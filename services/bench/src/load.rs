@@ -9,6 +9,7 @@
 //!   percentiles instead of silently slowing the sender (no coordinated omission).
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     sync::{
         Mutex,
@@ -63,8 +64,9 @@ pub(crate) struct Outcomes {
     pub(crate) duplicates: AtomicU64,
     /// Events refused or failed.
     pub(crate) errors: AtomicU64,
-    /// The first error seen, for the report.
-    pub(crate) first_error: Mutex<Option<String>>,
+    /// Errors by kind (the text before the first ": ", such as a gRPC code), each with
+    /// its count and the first message seen, for the report.
+    pub(crate) error_kinds: Mutex<BTreeMap<String, (u64, String)>>,
 }
 
 impl Outcomes {
@@ -77,26 +79,34 @@ impl Outcomes {
 
     pub(crate) fn error(&self, n: u64, what: impl FnOnce() -> String) {
         self.errors.fetch_add(n, Ordering::Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            *first = Some(what());
+        let what = what();
+        let kind = what.split_once(": ").map_or(what.as_str(), |(k, _)| k);
+        let mut kinds = self.error_kinds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((count, _)) = kinds.get_mut(kind) {
+            *count += n;
+        } else {
+            kinds.insert(kind.to_owned(), (n, what));
         }
     }
 
     /// A one-line summary for the log.
     pub(crate) fn summary(&self) -> String {
-        let first = self
-            .first_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let kinds = self.error_kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let kinds: Vec<String> = kinds
+            .values()
+            .map(|(count, first)| format!("{count} × {first}"))
+            .collect();
         format!(
             "ok {} (in window {}), duplicates {}, errors {}{}",
             self.ok.load(Ordering::Relaxed),
             self.counted.load(Ordering::Relaxed),
             self.duplicates.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),
-            first.map(|e| format!(" (first: {e})")).unwrap_or_default()
+            if kinds.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", kinds.join("; "))
+            }
         )
     }
 }
