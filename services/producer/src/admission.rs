@@ -1,12 +1,10 @@
 //! Admission control: a bound on the events the producer is publishing at once.
 //!
 //! Beyond the bound a call is refused at once with UNAVAILABLE, which gRPC clients treat as
-//! "retry with backoff", instead of queueing behind Kafka until callers time out. Without
-//! it, an overloaded producer let calls wait longer than the clients' deadlines; the
-//! clients then cancelled them in bulk, and HTTP/2's flood protection answered the resets
-//! by closing whole connections (GOAWAY ENHANCE_YOUR_CALM), so every call on them failed
-//! as `Unknown: transport error` (PERFORMANCE.md). The bound also bounds the memory held
-//! by calls in progress.
+//! "retry with backoff", instead of joining a queue behind Kafka that has no end. When
+//! Kafka is slow or away, every call otherwise waits up to the delivery timeout (10 s),
+//! so the calls held, and their memory, grow with the offered rate; callers whose
+//! deadlines pass first cancel work that was still done.
 //!
 //! A permit is held by the call. A call its client cancels gives its permit back at once,
 //! though its write to Kafka finishes in the background, within the delivery timeout.
