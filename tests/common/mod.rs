@@ -218,6 +218,15 @@ pub async fn start_consumer(kafka: &crier_kafka::KafkaConfig) -> Running {
 }
 
 pub async fn start_consumer_with(kafka: &crier_kafka::KafkaConfig, agreements: &Path) -> Running {
+    start_consumer_tuned(kafka, agreements, |_| {}).await
+}
+
+/// A consumer whose test configuration `tune` may change before it starts.
+pub async fn start_consumer_tuned(
+    kafka: &crier_kafka::KafkaConfig,
+    agreements: &Path,
+    tune: impl FnOnce(&mut crier_consumer::Config),
+) -> Running {
     let mut config = crier_consumer::Config {
         kafka: kafka.clone(),
         auth: auth_config(),
@@ -227,6 +236,7 @@ pub async fn start_consumer_with(kafka: &crier_kafka::KafkaConfig, agreements: &
     config.agreements.reload_secs = 1;
     config.metrics.listen = None;
     config.subscriptions.cursor_flush_ms = 100;
+    tune(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();

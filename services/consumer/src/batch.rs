@@ -58,6 +58,11 @@ impl Batch {
         &self.ranges
     }
 
+    /// The areas the batch has records about, each once.
+    pub fn areas(&self) -> impl Iterator<Item = &str> {
+        self.by_area.keys().map(String::as_str)
+    }
+
     /// Indices of the records that match `filter`, ascending, among the records for which
     /// `wanted(partition, offset)` holds.
     pub fn matching(&self, filter: &Filter, wanted: impl Fn(i32, i64) -> bool) -> Vec<u32> {

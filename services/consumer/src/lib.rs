@@ -3,6 +3,7 @@
 //! once and in per-citizen order.
 //!
 //! - [`live`]: one shared reader per instance feeds every up-to-date stream;
+//! - [`route`]: hands each batch of the live reader only to the streams it concerns;
 //! - [`store`]: subscription filters and cursors, in a compacted Kafka topic;
 //! - [`session`]: one open stream's delivery, acknowledgement and catch-up logic;
 //! - `read_errors`: what the Kafka readers do with the errors librdkafka retries itself;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod live;
 mod read_errors;
 pub mod record;
+pub mod route;
 pub mod session;
 mod stall;
 pub mod store;

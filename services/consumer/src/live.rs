@@ -1,13 +1,12 @@
 //! The one live reader per consumer-service instance, and Kafka metadata look-ups.
 //!
-//! Every stream that is up to date takes its events from this reader through a broadcast
-//! channel, so an instance reads each record from Kafka once however many subscriptions it
-//! serves (read amplification 1). Records go out in indexed batches (see `batch.rs`): what
-//! arrives within [`COALESCE`] of the first record, up to [`MAX_BATCH`], so that with
-//! hundreds of streams each wakes a few hundred times a second at most, not once per record.
-//! A stream that is behind (replaying, resuming after an outage, or too slow for the
-//! broadcast buffer) reads on its own through a catch-up reader until it has caught up, then
-//! rejoins; see `session.rs`.
+//! Every stream that is up to date takes its events from this reader, so an instance reads
+//! each record from Kafka once however many subscriptions it serves (read amplification 1).
+//! Records go out in indexed batches (see `batch.rs`): what arrives within [`COALESCE`] of
+//! the first record, up to [`MAX_BATCH`]; the router (`route.rs`) hands each batch only to
+//! the streams it has records for. A stream that is behind (replaying, resuming after an
+//! outage, or too slow for its queue) reads on its own through a catch-up reader until it
+//! has caught up, then rejoins; see `session.rs`.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -17,10 +16,15 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer, StreamConsumer},
     error::KafkaError,
 };
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::{batch::Batch, read_errors::ReadErrors, record::Record, stall};
+use crate::{
+    batch::Batch,
+    read_errors::ReadErrors,
+    record::Record,
+    route::{Feed, Router},
+    stall,
+};
 
 const META_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,7 +41,7 @@ pub type Watermarks = BTreeMap<i32, (i64, i64)>;
 
 /// The shared live reader.
 pub struct Live {
-    tx: broadcast::Sender<Arc<Batch>>,
+    router: Arc<Router>,
     meta: Arc<BaseConsumer>,
     topic: String,
     partitions: Vec<i32>,
@@ -68,20 +72,19 @@ impl Live {
                 .await
                 .map_err(|_| KafkaError::Canceled)??
         };
-        // `buffer` counts records; the channel holds batches, mostly far from full.
-        let (tx, _) = broadcast::channel((buffer / 16).max(64));
+        // Start exactly at the high watermarks, so any stream opened from here on can tell
+        // which records the live reader will carry.
+        let start = watermarks_of(meta.clone(), topic.clone(), partitions.clone()).await?;
+        let mut position: BTreeMap<i32, i64> = start.iter().map(|(p, (_, h))| (*p, *h)).collect();
+        // `buffer` counts records; a stream's queue holds batches, mostly far from full.
+        let router = Router::new(position.clone(), (buffer / 16).max(64));
         let live = Arc::new(Self {
-            tx,
+            router: router.clone(),
             meta,
             topic,
             partitions,
         });
-        // Start exactly at the high watermarks, so any stream opened from here on can tell
-        // which records the live reader will carry.
-        let start = live.watermarks().await?;
-        let mut position: BTreeMap<i32, i64> = start.iter().map(|(p, (_, h))| (*p, *h)).collect();
         let mut reader = live.reader_at(config, &position)?;
-        let tx = live.tx.clone();
         let (config, watched) = (config.clone(), Arc::clone(&live));
         tokio::spawn(async move {
             let mut errors = ReadErrors::new("live", None);
@@ -145,9 +148,10 @@ impl Live {
                 if !batch.is_empty() {
                     metrics::counter!("crier_live_records_total").increment(batch.len() as u64);
                     metrics::counter!("crier_live_batches_total").increment(1);
-                    let _ = tx.send(Arc::new(Batch::new(batch)));
+                    router.dispatch(Arc::new(Batch::new(batch)));
                 }
             }
+            router.close();
             tokio::task::spawn_blocking(move || drop(reader));
         });
         Ok(live)
@@ -169,9 +173,9 @@ impl Live {
         Ok(reader)
     }
 
-    /// A receiver for every record read from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
-        self.tx.subscribe()
+    /// The batches, from now on, that have records about `areas` (every batch when empty).
+    pub fn subscribe(&self, areas: &[String]) -> Feed {
+        self.router.register(areas)
     }
 
     /// The events topic.
@@ -186,19 +190,12 @@ impl Live {
 
     /// Current watermarks of every partition.
     pub async fn watermarks(&self) -> Result<Watermarks, KafkaError> {
-        let (meta, topic, partitions) = (
+        watermarks_of(
             self.meta.clone(),
             self.topic.clone(),
             self.partitions.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            partitions
-                .iter()
-                .map(|p| Ok((*p, meta.fetch_watermarks(&topic, *p, META_TIMEOUT)?)))
-                .collect()
-        })
+        )
         .await
-        .map_err(|_| KafkaError::Canceled)?
     }
 
     /// For each partition, the first offset whose timestamp is at or after `millis`, or the
@@ -232,6 +229,21 @@ impl Live {
             })
             .collect())
     }
+}
+
+async fn watermarks_of(
+    meta: Arc<BaseConsumer>,
+    topic: String,
+    partitions: Vec<i32>,
+) -> Result<Watermarks, KafkaError> {
+    tokio::task::spawn_blocking(move || {
+        partitions
+            .iter()
+            .map(|p| Ok((*p, meta.fetch_watermarks(&topic, *p, META_TIMEOUT)?)))
+            .collect()
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?
 }
 
 fn partitions_of(meta: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {

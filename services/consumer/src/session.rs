@@ -34,7 +34,7 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
@@ -43,6 +43,7 @@ use crate::{
     live::Live,
     read_errors::ReadErrors,
     record::Record,
+    route::{Ended, Feed},
     store::{StoredSubscription, SubscriptionStore},
 };
 
@@ -75,7 +76,8 @@ pub struct Session {
     filter: Filter,
     window: Window,
     out: mpsc::Sender<Result<SubscribeResponse, Status>>,
-    live: broadcast::Receiver<Arc<Batch>>,
+    /// The live batches this stream may want (see `route.rs`).
+    live: Feed,
     catch_up: Option<CatchUp>,
     catch_up_errors: ReadErrors,
     next: BTreeMap<i32, i64>,
@@ -152,7 +154,7 @@ impl Session {
         shared: Shared,
         caller: Identity,
         sub: StoredSubscription,
-        live: broadcast::Receiver<Arc<Batch>>,
+        live: Feed,
         start: BTreeMap<i32, i64>,
         high: &BTreeMap<i32, i64>,
         window: Window,
@@ -219,7 +221,10 @@ impl Session {
                     "the consumer service is shutting down; reconnect to resume",
                 ))),
                 msg = inbound.message() => self.on_client(msg).await,
-                _ = flush.tick() => self.save(false).await,
+                _ = flush.tick() => {
+                    self.pass_idle();
+                    self.save(false).await
+                }
                 rec = self.live.recv(), if room && self.pending.is_none() => self.on_live(rec).await,
                 rec = recv_catch_up(&self.catch_up), if room && self.catch_up.is_some() => {
                     self.on_catch_up(rec).await
@@ -229,6 +234,7 @@ impl Session {
                 break status;
             }
         };
+        self.pass_idle();
         self.drop_catch_up();
         self.dirty = true;
         self.save_not_before = None;
@@ -287,34 +293,62 @@ impl Session {
         .await;
     }
 
-    async fn on_live(&mut self, batch: Result<Arc<Batch>, broadcast::error::RecvError>) -> Step {
+    async fn on_live(&mut self, batch: Result<Arc<Batch>, Ended>) -> Step {
         match batch {
             Ok(batch) => {
                 self.pending = Some(self.start_batch(batch));
                 self.drain_pending().await
             }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                // Fell behind the live buffer: read from Kafka until caught up again.
+            Err(Ended::Lagged) => {
+                // Fell behind the live reader: read from Kafka until caught up again, and
+                // take live batches again from now on.
                 metrics::counter!("crier_live_lagged_total").increment(1);
-                tracing::debug!(subscription = %self.sub.name, missed = n, "fell behind the live reader");
+                tracing::debug!(subscription = %self.sub.name, "fell behind the live reader");
+                self.live = self.live.renew();
                 self.joined.values_mut().for_each(|j| *j = false);
                 self.drop_catch_up();
                 Step::Continue
             }
-            Err(broadcast::error::RecvError::Closed) => Step::End(Some(Status::unavailable(
+            Err(Ended::Closed) => Step::End(Some(Status::unavailable(
                 "the live reader stopped; reconnect to resume",
             ))),
         }
     }
 
+    /// Moves `next` past the records the live reader has read and not routed here, which
+    /// cannot match, so that a stream whose areas are quiet still keeps a current cursor.
+    /// Only when nothing is being caught up or delivered, and no batch is waiting.
+    fn pass_idle(&mut self) {
+        if self.pending.is_some() || self.catch_up.is_some() || self.joined.values().any(|j| !j) {
+            return;
+        }
+        let Some(position) = self.live.position_if_drained() else {
+            return;
+        };
+        for (p, end) in position {
+            let next = self.next.entry(p).or_insert(0);
+            if *next >= self.live.from(p) && end > *next {
+                *next = end;
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Decides what this stream takes from a live batch. A partition whose first record in
-    /// the batch is beyond `next` has a gap, which the catch-up reader fills first; any
-    /// other partition the batch covers has joined the live reader.
+    /// the batch is beyond `next` has a gap: above where the feed started, only records
+    /// that were not for this stream (stepped over); below it, records this stream has not
+    /// seen, which the catch-up reader fills first. Any other partition the batch covers
+    /// has joined the live reader.
     fn start_batch(&mut self, batch: Arc<Batch>) -> Pending {
         let mut from = BTreeMap::new();
         let mut ends = Vec::new();
         for (&p, &(first, last)) in batch.ranges() {
-            let next = self.next.get(&p).copied().unwrap_or(0);
+            let mut next = self.next.get(&p).copied().unwrap_or(0);
+            if first > next && next >= self.live.from(p) {
+                next = first;
+                self.next.insert(p, next);
+                self.dirty = true;
+            }
             if first > next {
                 self.live_skipped.insert(p, last);
                 if self.joined.insert(p, false) == Some(true) {

@@ -227,7 +227,7 @@ impl Subscriber for SubscriberService {
 
         // Order matters: take the live receiver before reading the watermarks, so every
         // record at or beyond them reaches this stream through one source or the other.
-        let live = self.shared.live.subscribe();
+        let live = self.shared.live.subscribe(&wanted.areas);
         let marks = self.shared.live.watermarks().await.map_err(unavailable)?;
         let stored = self.shared.store.get(&name).await.map_err(unavailable)?;
         if let Some(existing) = stored
