@@ -28,7 +28,7 @@ use crate::{
 
 const META_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most records in one broadcast batch.
+/// Most records in one live batch.
 pub const MAX_BATCH: usize = 256;
 
 /// How long a batch stays open for more records after its first: a bound on the latency
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
-    /// Starts reading the events topic at its current end and broadcasting each record,
+    /// Starts reading the events topic at its current end and routing each record,
     /// until `shutdown`.
     pub async fn start(
         config: &KafkaConfig,
