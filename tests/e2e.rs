@@ -709,10 +709,12 @@ async fn an_area_stream_gets_exactly_its_events_in_order_across_a_reconnect() {
             .cloned()
             .collect()
     };
-    async fn take_acking(sub: &mut Subscription, n: usize) -> Vec<Event> {
+    /// Takes `n` deliveries one at a time, acknowledging each after `pause`.
+    async fn take_acking(sub: &mut Subscription, n: usize, pause: Duration) -> Vec<Event> {
         let mut got = Vec::new();
         for _ in 0..n {
             let one = sub.take(1).await;
+            tokio::time::sleep(pause).await;
             sub.ack(&one).await;
             got.extend(delivered_events(&one));
         }
@@ -724,7 +726,7 @@ async fn an_area_stream_gets_exactly_its_events_in_order_across_a_reconnect() {
         .unwrap();
     let first = events("one");
     publish_each(&mut client, &first).await;
-    let acked = take_acking(&mut sub, 10).await;
+    let acked = take_acking(&mut sub, 10, Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     sub.close().await;
 
@@ -733,11 +735,21 @@ async fn an_area_stream_gets_exactly_its_events_in_order_across_a_reconnect() {
     let mut sub = Subscription::open(&consumer, "route.a", f(), resume())
         .await
         .unwrap();
-    // Published while the stream is behind, so live batches arrive with a gap below where
-    // its feed started: records it has not seen, not records routed elsewhere.
+    // Published while the stream catches up, a few milliseconds apart, so live batches
+    // arrive both below where its feed started (records it has not seen) and above it
+    // while it is still behind batches it had to skip.
     let third = events("three");
-    publish_each(&mut client, &third).await;
-    let again = take_acking(&mut sub, 50).await;
+    let publishing = {
+        let (mut client, third) = (client.clone(), third.clone());
+        tokio::spawn(async move {
+            for e in third {
+                publish_each(&mut client, std::slice::from_ref(&e)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let again = take_acking(&mut sub, 50, Duration::from_millis(4)).await;
+    publishing.await.unwrap();
     let acked: std::collections::HashSet<String> = acked.into_iter().map(|e| e.id).collect();
     let expected: Vec<Event> = mine(&first)
         .into_iter()

@@ -326,12 +326,21 @@ impl Session {
             return;
         };
         for (p, end) in position {
-            let next = self.next.entry(p).or_insert(0);
-            if *next >= self.live.from(p) && end > *next {
-                *next = end;
+            let next = self.next.get(&p).copied().unwrap_or(0);
+            if end > next && self.offered_from(p, next) {
+                self.next.insert(p, end);
                 self.dirty = true;
             }
         }
+    }
+
+    /// Whether every record of partition `p` from `next` on that the live reader routed
+    /// here has been taken: `next` is at or past where the feed started, and past every
+    /// batch this stream skipped for being ahead of it (whose records the catch-up reader
+    /// must still bring). Only then can a record from `next` on that did not arrive not
+    /// be for this stream.
+    fn offered_from(&self, p: i32, next: i64) -> bool {
+        next >= self.live.from(p) && self.live_skipped.get(&p).is_none_or(|s| next > *s)
     }
 
     /// Decides what this stream takes from a live batch. A partition whose first record in
@@ -344,7 +353,7 @@ impl Session {
         let mut ends = Vec::new();
         for (&p, &(first, last)) in batch.ranges() {
             let mut next = self.next.get(&p).copied().unwrap_or(0);
-            if first > next && next >= self.live.from(p) {
+            if first > next && self.offered_from(p, next) {
                 next = first;
                 self.next.insert(p, next);
                 self.dirty = true;
