@@ -8,8 +8,10 @@
 //!
 //! A stream therefore sees gaps between the batches it gets. A gap is safe to step over
 //! once the stream's position is at or past [`Feed::from`], the live reader's position when
-//! the stream registered: every record from there on was offered to the stream if it could
-//! match. Below it, a gap is records the stream has not seen, for the catch-up reader.
+//! the stream registered (every record from there on was offered to the stream if it could
+//! match), and past every batch the stream skipped for being ahead of it (those records
+//! are still to come from its catch-up reader; see `Session::offered_from`). Otherwise a
+//! gap is records the stream has not seen, for the catch-up reader.
 //!
 //! Each stream's queue is bounded. When a batch does not fit, the stream is dropped from the
 //! routes at once and its queue ends after what it holds (a lag, as a broadcast channel
