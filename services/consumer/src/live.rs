@@ -131,6 +131,7 @@ impl Live {
                                 rdkafka::Message::payload(&msg).map_or(0, <[u8]>::len) as u64,
                             );
                             let record = Record::read(&msg);
+                            note_skipped(&position, &record);
                             position.insert(record.partition, record.offset + 1);
                             batch.push(record);
                         }
@@ -228,6 +229,24 @@ impl Live {
                 (e.partition(), offset)
             })
             .collect())
+    }
+}
+
+/// Says so when the live reader moves past offsets it never read (retention deleted them
+/// during a long stall, or the client reset its position). Streams step over such a gap
+/// like any other above where their feed started, so this log is the only trace of it.
+fn note_skipped(position: &BTreeMap<i32, i64>, record: &Record) {
+    if let Some(&expected) = position.get(&record.partition)
+        && record.offset > expected
+    {
+        metrics::counter!("crier_live_skipped_offsets_total")
+            .increment((record.offset - expected) as u64);
+        tracing::warn!(
+            partition = record.partition,
+            from = expected,
+            to = record.offset,
+            "the live reader skipped offsets it never read; any events there were not delivered"
+        );
     }
 }
 

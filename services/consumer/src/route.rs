@@ -194,9 +194,10 @@ impl Feed {
     }
 
     /// The live reader's position when this feed registered (next offset per partition):
-    /// from there on, a record this feed did not get cannot match its stream.
+    /// from there on, a record this feed did not get cannot match its stream. A partition
+    /// the router did not know is never taken as offered.
     pub fn from(&self, partition: i32) -> i64 {
-        self.from.get(&partition).copied().unwrap_or(0)
+        self.from.get(&partition).copied().unwrap_or(i64::MAX)
     }
 
     /// A new feed for the same areas, after this one lagged.
