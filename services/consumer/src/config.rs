@@ -55,8 +55,9 @@ pub struct SubscriptionsConfig {
     /// How often a stream's cursor is written to Kafka while acknowledgements arrive, in ms.
     /// A crash re-delivers at most this much acknowledged work.
     pub cursor_flush_ms: u64,
-    /// Records the shared live reader keeps for streams that fall briefly behind. A stream
-    /// further behind reads from Kafka on its own until it catches up.
+    /// How far, in records, a stream may fall behind the shared live reader: each stream's
+    /// queue holds `live_buffer / 16` live batches (at least 64). A stream further behind
+    /// reads from Kafka on its own until it catches up.
     pub live_buffer: usize,
     /// Most streams reading from Kafka on their own (replaying or catching up) at once.
     pub max_catch_up_readers: usize,
