@@ -15,8 +15,9 @@
 
 use std::time::Duration;
 
+use crier_kafka::Writer;
 use futures::{StreamExt, stream::FuturesOrdered};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use sha2::Digest;
@@ -121,7 +122,7 @@ impl Auditor {
     /// `KafkaConfig::producer`, so idempotent and acks=all). Sharing the service's own
     /// producer lets audit records ride in the same Kafka requests as the events they are
     /// about. The returned task ends, after flushing, once every `Auditor` clone is dropped.
-    pub fn start(producer: FutureProducer, topic: String) -> (Self, JoinHandle<()>) {
+    pub fn start(producer: Writer, topic: String) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
         let chain = Chain::new(uuid::Uuid::now_v7().to_string());
         tracing::info!(chain = %chain.id, %topic, "audit chain started");
@@ -158,12 +159,7 @@ impl Auditor {
     }
 }
 
-async fn write(
-    producer: FutureProducer,
-    topic: String,
-    mut chain: Chain,
-    mut rx: mpsc::Receiver<Entry>,
-) {
+async fn write(producer: Writer, topic: String, mut chain: Chain, mut rx: mpsc::Receiver<Entry>) {
     let mut in_flight = FuturesOrdered::new();
     let mut entries = Vec::with_capacity(MAX_PER_MESSAGE);
     loop {

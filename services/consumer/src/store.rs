@@ -12,12 +12,12 @@ use std::{
     time::Duration,
 };
 
-use crier_kafka::KafkaConfig;
+use crier_kafka::{KafkaConfig, Writer};
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{FutureRecord, Producer},
     util::Timeout,
 };
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,7 @@ pub struct StoredSubscription {
 /// Reads and writes subscriptions.
 pub struct SubscriptionStore {
     topic: String,
-    producer: FutureProducer,
+    producer: Writer,
     state: Arc<Mutex<HashMap<String, StoredSubscription>>>,
     /// The next offset the tailing reader will read.
     read_to: watch::Receiver<i64>,
@@ -68,7 +68,7 @@ impl SubscriptionStore {
     /// go through `producer`.
     pub fn start(
         config: &KafkaConfig,
-        producer: FutureProducer,
+        producer: Writer,
         shutdown: CancellationToken,
     ) -> Result<Self, KafkaError> {
         let topic = config.subscriptions_topic.clone();
@@ -101,7 +101,10 @@ impl SubscriptionStore {
                     None => {
                         let (producer, topic) = (watcher.clone(), tail_topic.clone());
                         let high = tokio::task::spawn_blocking(move || {
-                            producer.client().fetch_watermarks(&topic, 0, timeout)
+                            producer
+                                .client()
+                                .client()
+                                .fetch_watermarks(&topic, 0, timeout)
                         })
                         .await;
                         let Ok(Ok((_, high))) = high else { continue };
@@ -141,7 +144,10 @@ impl SubscriptionStore {
     pub async fn get(&self, name: &str) -> Result<Option<StoredSubscription>, KafkaError> {
         let (producer, topic, timeout) = (self.producer.clone(), self.topic.clone(), self.timeout);
         let (_, high) = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_watermarks(&topic, 0, timeout)
+            producer
+                .client()
+                .client()
+                .fetch_watermarks(&topic, 0, timeout)
         })
         .await
         .map_err(|_| KafkaError::Canceled)??;

@@ -13,7 +13,6 @@ pub mod quota;
 use std::time::Duration;
 
 use crier_proto::v1::publisher_server::PublisherServer;
-use rdkafka::producer::{FutureProducer, Producer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -51,11 +50,8 @@ pub async fn serve(
     let _stop_watching = stop_watching.clone().drop_guard();
     let policy = crier_agreements::reload::load_and_watch(&config.agreements, stop_watching)
         .map_err(Error::Config)?;
-    let producer: FutureProducer = config
-        .kafka
-        .producer()
-        .create()
-        .map_err(crier_kafka::Error::from)?;
+    let producer =
+        crier_kafka::Writer::start(config.kafka.producer()).map_err(crier_kafka::Error::from)?;
     let (auditor, audit_task) =
         crier_audit::Auditor::start(producer.clone(), config.kafka.audit_topic.clone());
     let service = PublisherService::new(

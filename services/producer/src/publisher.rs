@@ -20,7 +20,7 @@ use std::{
 use crier_agreements::{Policy, reload::PolicyHandle};
 use crier_audit::{Action, Auditor, Entry, EventRef};
 use crier_identity::Identity;
-use crier_kafka::cloudevents;
+use crier_kafka::{Writer, cloudevents};
 use crier_proto::v1::{
     Event, Position, PublishBatchRequest, PublishBatchResponse, PublishError, PublishRequest,
     PublishResponse, PublishResult, publish_result::Outcome, publisher_server::Publisher,
@@ -32,7 +32,7 @@ use crier_schema::{
 use futures::future::join_all;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord},
+    producer::FutureRecord,
     util::Timeout,
 };
 use tonic::{Code, Request, Response, Status};
@@ -49,7 +49,7 @@ pub struct PublisherService {
 }
 
 struct Inner {
-    producer: FutureProducer,
+    producer: Writer,
     policy: PolicyHandle,
     auditor: Auditor,
     topic: String,
@@ -66,7 +66,7 @@ impl PublisherService {
     /// recording to `auditor`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        producer: FutureProducer,
+        producer: Writer,
         policy: PolicyHandle,
         auditor: Auditor,
         topic: String,
