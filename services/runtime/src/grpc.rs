@@ -24,9 +24,20 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// connection. Both are what a client sees without this module.
 pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
 
-/// A tonic server with the HTTP/2 header bound set, and TLS when `tls` is given.
+/// Most requests open at once on one connection. tonic leaves HTTP/2 streams unbounded
+/// (hyper's own default is 200). An open-loop client facing a server that falls behind
+/// then opens thousands of streams, which share the connection's flow-control window in
+/// slivers: the request bodies arrive as many small DATA frames, and h2's flood
+/// protection closes the whole connection (GOAWAY `too_many_data_frames`,
+/// ENHANCE_YOUR_CALM), failing every call on it (PERFORMANCE.md). With a bound, the
+/// client waits for a free stream instead, and the requests in flight fit in the window.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// A tonic server with the HTTP/2 header and stream bounds set, and TLS when `tls` is given.
 pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
-    let server = Server::builder().http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES);
+    let server = Server::builder()
+        .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     match tls {
         Some(tls) => server.tls_config(tls),
         None => Ok(server),
