@@ -27,5 +27,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Undecodable requests are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::codec::ProtoCodec")
         .compile_fds(fds)?;
+    // crier.v1.Subscriber once more, responding with bytes the consumer encoded itself
+    // (src/wire.rs says why); its clients are the ones generated above.
+    let subscribe = tonic_build::manual::Method::builder()
+        .name("subscribe")
+        .route_name("Subscribe")
+        .input_type("crate::v1::SubscribeRequest")
+        .output_type("crate::wire::EncodedResponse")
+        .codec_path("crate::codec::ProtoCodec")
+        .client_streaming()
+        .server_streaming()
+        .build();
+    let subscriber = tonic_build::manual::Service::builder()
+        .name("Subscriber")
+        .package("crier.v1")
+        .comment("crier.v1.Subscriber, sending responses encoded by the consumer service.")
+        .method(subscribe)
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .compile(&[subscriber]);
     Ok(())
 }

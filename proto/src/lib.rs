@@ -10,6 +10,7 @@
 )]
 
 pub mod codec;
+pub mod wire;
 
 /// The envelope, positions and the two gRPC services.
 pub mod v1 {

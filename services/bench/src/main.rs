@@ -28,6 +28,7 @@ mod memory;
 mod probe;
 mod report;
 mod services;
+mod slim;
 mod stream;
 mod streams;
 mod unary;
@@ -107,6 +108,14 @@ struct Args {
     /// Keep the run's Kafka topics instead of deleting them at the end.
     #[arg(long)]
     keep_topics: bool,
+    /// A setting for the producer service, as `CRIER_<SECTION>__<KEY>=VALUE` (repeatable),
+    /// for comparing settings; the figures are then not the defaults'. The services inherit
+    /// no other `CRIER_*` variable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_setting)]
+    producer_env: Vec<(String, String)>,
+    /// A setting for the consumer service, like `--producer-env`.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_setting)]
+    consumer_env: Vec<(String, String)>,
     /// Write a request file for ghz (the unary cross-check: a real DeathRegistered payload,
     /// with `{{newUUID}}` as the id so every call is a new event) and exit.
     #[arg(long, value_name = "PATH")]
@@ -231,6 +240,8 @@ async fn main() -> anyhow::Result<()> {
         bootstrap: args.kafka.clone(),
         events_topic: format!("bench.{run_id}.events"),
         subscriptions_topic: format!("bench.{run_id}.subscriptions"),
+        producer_settings: args.producer_env.clone(),
+        consumer_settings: args.consumer_env.clone(),
     };
     client::init(&env.log_dir)?;
     let sizes = pool.sizes();
@@ -252,6 +263,18 @@ async fn main() -> anyhow::Result<()> {
         sizes.event_avg,
         areas.len()
     )];
+    for (service, settings) in [
+        ("producer", &env.producer_settings),
+        ("consumer", &env.consumer_settings),
+    ] {
+        if !settings.is_empty() {
+            let set: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            notes.push(format!(
+                "NOT THE DEFAULTS: {service} run with {}",
+                set.join(" ")
+            ));
+        }
+    }
 
     // Start-up: both services, idle.
     let producer = start(Kind::Producer, &env, args.port_base, 1).await?;
@@ -511,4 +534,12 @@ fn write_ghz_request(pool: &Pool, path: &std::path::Path) -> anyhow::Result<()> 
         path.display()
     );
     Ok(())
+}
+
+/// `KEY=VALUE`, where KEY is a `CRIER_` variable.
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if k.starts_with("CRIER_") => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("'{s}' is not CRIER_<SECTION>__<KEY>=VALUE")),
+    }
 }

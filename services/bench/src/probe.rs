@@ -244,15 +244,17 @@ fn parse_ss(text: &str) -> KafkaBytes {
 #[derive(Debug, Clone)]
 pub(crate) struct Cpu {
     at: std::time::Instant,
-    /// Busy seconds of all CPUs (everything but idle and iowait).
+    /// Busy seconds of all CPUs (everything but idle and iowait), steal included.
     machine: f64,
+    /// Seconds the hypervisor ran something else while a CPU of this VM wanted to run.
+    steal: f64,
     procs: Vec<(&'static str, f64)>,
 }
 
 impl Cpu {
     /// Samples the machine and each `(name, pid)`.
     pub(crate) fn sample(procs: &[(&'static str, u32)]) -> Self {
-        let machine = std::fs::read_to_string("/proc/stat")
+        let (machine, steal) = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| {
                 let ticks: Vec<f64> = s
@@ -264,12 +266,13 @@ impl Cpu {
                     .collect();
                 let total: f64 = ticks.iter().take(8).sum();
                 let idle = ticks.get(3)? + ticks.get(4)?;
-                Some((total - idle) / 100.0)
+                Some(((total - idle) / 100.0, ticks.get(7)? / 100.0))
             })
-            .unwrap_or(0.0);
+            .unwrap_or((0.0, 0.0));
         Self {
             at: std::time::Instant::now(),
             machine,
+            steal,
             procs: procs
                 .iter()
                 .map(|(name, pid)| (*name, cpu_seconds(*pid).unwrap_or(0.0)))
@@ -288,9 +291,11 @@ impl Cpu {
             parts.push(format!("{name} {:.0}%", pct(b - a)));
         }
         let machine = later.machine - self.machine;
+        let steal = later.steal - self.steal;
         parts.push(format!(
-            "everything else on the machine {:.0}%",
-            pct((machine - named).max(0.0))
+            "everything else on the machine {:.0}% (of which steal by the hypervisor {:.0}%)",
+            pct((machine - named).max(0.0)),
+            pct(steal)
         ));
         format!(
             "CPU in % of one core over {secs:.0}s: {}; machine busy {:.0}% of {}%",

@@ -44,6 +44,10 @@ pub(crate) struct Env {
     pub(crate) bootstrap: String,
     pub(crate) events_topic: String,
     pub(crate) subscriptions_topic: String,
+    /// Settings given with `--producer-env`, applied last.
+    pub(crate) producer_settings: Vec<(String, String)>,
+    /// Settings given with `--consumer-env`, applied last.
+    pub(crate) consumer_settings: Vec<(String, String)>,
 }
 
 /// A running service process.
@@ -95,6 +99,10 @@ impl Service {
                 env.events_topic.replace(".events", ".audit"),
             )
             .envs(crate::client::service_env(kind == Kind::Producer))
+            .envs(match kind {
+                Kind::Producer => env.producer_settings.iter().cloned(),
+                Kind::Consumer => env.consumer_settings.iter().cloned(),
+            })
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

@@ -12,16 +12,20 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use crier_proto::v1::{
-    Ack, Delivery, Filter, Open, StartFrom, SubscribeRequest, start_from,
-    subscribe_request::Request as ClientMsg, subscribe_response::Response as ServerMsg,
-    subscriber_client::SubscriberClient,
+use crier_proto::{
+    codec::ProtoCodec,
+    v1::{
+        Ack, Filter, Open, StartFrom, SubscribeRequest, start_from,
+        subscribe_request::Request as ClientMsg,
+    },
 };
 use futures::{FutureExt, StreamExt, stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Streaming, transport::Channel};
+use tonic::{Streaming, client::Grpc, codegen::http::uri::PathAndQuery, transport::Channel};
+
+use crate::slim::{self, Delivery, Kind as ServerMsg};
 
 use crate::client;
 
@@ -44,7 +48,7 @@ pub(crate) struct Spec {
 pub(crate) struct OpenStream {
     pub(crate) name: String,
     acks: mpsc::Sender<SubscribeRequest>,
-    inbound: Streaming<crier_proto::v1::SubscribeResponse>,
+    inbound: Streaming<slim::Response>,
 }
 
 /// Counters over every stream of a phase.
@@ -75,10 +79,7 @@ pub(crate) async fn open_all(
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     let opened: Vec<OpenStream> = stream::iter(specs.iter().cloned())
-        .map(|spec| {
-            let client = SubscriberClient::new(channels[spec.org].clone());
-            open(client, spec, max_batch)
-        })
+        .map(|spec| open(channels[spec.org].clone(), spec, max_batch))
         .buffered(concurrency)
         .collect::<Vec<_>>()
         .await
@@ -87,11 +88,7 @@ pub(crate) async fn open_all(
     Ok((opened, started.elapsed()))
 }
 
-async fn open(
-    mut client: SubscriberClient<Channel>,
-    spec: Spec,
-    max_batch: u32,
-) -> anyhow::Result<OpenStream> {
+async fn open(channel: Channel, spec: Spec, max_batch: u32) -> anyhow::Result<OpenStream> {
     let (acks, rx) = mpsc::channel(16);
     acks.send(SubscribeRequest {
         request: Some(ClientMsg::Open(Open {
@@ -105,8 +102,17 @@ async fn open(
         })),
     })
     .await?;
-    let mut inbound = client
-        .subscribe(ReceiverStream::new(rx))
+    // The generated client's call, decoding into the slim messages (see `slim.rs`).
+    let mut grpc = Grpc::new(channel);
+    grpc.ready()
+        .await
+        .with_context(|| format!("cannot open {}", spec.name))?;
+    let mut inbound = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static("/crier.v1.Subscriber/Subscribe"),
+            ProtoCodec::<SubscribeRequest, slim::Response>::default(),
+        )
         .await
         .with_context(|| format!("cannot open {}", spec.name))?
         .into_inner();

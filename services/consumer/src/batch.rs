@@ -99,15 +99,15 @@ mod tests {
     use crier_proto::v1::Event;
 
     fn rec(partition: i32, offset: i64, event_type: &str, areas: &[&str]) -> Record {
-        Record {
+        Record::new(
             partition,
             offset,
-            event: Some(Event {
+            Some(Event {
                 r#type: event_type.into(),
                 areas: areas.iter().map(|a| a.to_string()).collect(),
                 ..Default::default()
             }),
-        }
+        )
     }
 
     fn filter(types: &[&str], areas: &[&str]) -> Filter {
@@ -123,11 +123,7 @@ mod tests {
             rec(1, 4, "A", &["E06000003", "E06000002"]),
             rec(0, 11, "A", &["E09000033"]),
             rec(0, 12, "D", &["E06000002", "E06000002"]),
-            Record {
-                partition: 1,
-                offset: 5,
-                event: None,
-            },
+            Record::new(1, 5, None),
         ])
     }
 

@@ -24,7 +24,7 @@ pub mod subscriber;
 
 use std::{sync::Arc, time::Duration};
 
-use crier_proto::v1::subscriber_server::SubscriberServer;
+use crier_proto::wire::subscriber_server::SubscriberServer;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 

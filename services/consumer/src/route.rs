@@ -232,13 +232,15 @@ mod tests {
         Arc::new(Batch::new(
             records
                 .iter()
-                .map(|(partition, offset, area)| Record {
-                    partition: *partition,
-                    offset: *offset,
-                    event: Some(Event {
-                        areas: vec![area.to_string()],
-                        ..Default::default()
-                    }),
+                .map(|(partition, offset, area)| {
+                    Record::new(
+                        *partition,
+                        *offset,
+                        Some(Event {
+                            areas: vec![area.to_string()],
+                            ..Default::default()
+                        }),
+                    )
                 })
                 .collect(),
         ))

@@ -23,12 +23,11 @@ use crier_agreements::reload::PolicyHandle;
 use crier_audit::{Action, Auditor, Entry, EventRef};
 use crier_identity::Identity;
 use crier_kafka::KafkaConfig;
-use crier_proto::v1::{
-    Deliveries, Delivery, Filter, Position, SubscribeRequest, SubscribeResponse,
-    subscribe_request::Request, subscribe_response::Response,
+use crier_proto::{
+    v1::{Filter, SubscribeRequest, subscribe_request::Request},
+    wire::{At, Deliveries, EncodedResponse},
 };
 use futures::FutureExt;
-use prost::Message;
 use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
@@ -75,7 +74,7 @@ pub struct Session {
     sub: StoredSubscription,
     filter: Filter,
     window: Window,
-    out: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    out: mpsc::Sender<Result<EncodedResponse, Status>>,
     /// The live batches this stream may want (see `route.rs`).
     live: Feed,
     catch_up: Option<CatchUp>,
@@ -98,8 +97,7 @@ pub struct Session {
     /// The live batch being delivered.
     pending: Option<Pending>,
     /// Deliveries ready to go out in the next message, and their audit entries.
-    outbox: Vec<Delivery>,
-    outbox_bytes: usize,
+    outbox: Deliveries,
     receipts: Vec<EventRef>,
 }
 
@@ -158,7 +156,7 @@ impl Session {
         start: BTreeMap<i32, i64>,
         high: &BTreeMap<i32, i64>,
         window: Window,
-        out: mpsc::Sender<Result<SubscribeResponse, Status>>,
+        out: mpsc::Sender<Result<EncodedResponse, Status>>,
     ) -> Self {
         let joined = start
             .iter()
@@ -189,8 +187,7 @@ impl Session {
             saved_at: std::time::Instant::now(),
             save_not_before: None,
             pending: None,
-            outbox: Vec::new(),
-            outbox_bytes: 0,
+            outbox: Deliveries::default(),
             receipts: Vec::new(),
         }
     }
@@ -487,38 +484,30 @@ impl Session {
             metrics::counter!("crier_withheld_total").increment(1);
             return;
         };
-        let mut minimised = event.clone();
-        minimised.data = crier_agreements::minimise::minimise(
-            &self.shared.registry,
-            &event.r#type,
-            &event.data,
-            &entitled.fields,
-        );
+        // Encoded once per record and field set, whichever stream asks first.
+        let Some(encoded) = rec.encoded(&self.shared.registry, &entitled.fields) else {
+            return;
+        };
         let ack_id = format!("{p}:{}", rec.offset);
+        let at = At {
+            topic: self.shared.live.topic(),
+            partition: p,
+            offset: rec.offset,
+        };
+        self.outbox.push(&encoded, at, &ack_id);
         self.receipts.push(EventRef {
             event_id: event.id.clone(),
             event_type: event.r#type.clone(),
             subject: event.subject.clone(),
             agreements: entitled.agreements,
-            position: ack_id.clone(),
+            position: ack_id,
         });
-        let delivery = Delivery {
-            event: Some(minimised),
-            position: Some(Position {
-                topic: self.shared.live.topic().to_owned(),
-                partition: p,
-                offset: rec.offset,
-            }),
-            ack_id,
-        };
-        self.outbox_bytes += delivery.encoded_len();
-        self.outbox.push(delivery);
         self.unacked.entry(p).or_default().insert(rec.offset);
         self.in_flight += 1;
     }
 
     fn outbox_full(&self) -> bool {
-        self.outbox.len() >= self.window.max_batch || self.outbox_bytes >= MAX_MESSAGE_BYTES
+        self.outbox.len() >= self.window.max_batch || self.outbox.bytes() >= MAX_MESSAGE_BYTES
     }
 
     /// Sends the outbox as one message, audited as one record naming each event in it.
@@ -526,8 +515,7 @@ impl Session {
         if self.outbox.is_empty() {
             return Step::Continue;
         }
-        let mut deliveries = std::mem::take(&mut self.outbox);
-        self.outbox_bytes = 0;
+        let n = self.outbox.len();
         let events = std::mem::take(&mut self.receipts);
         self.audit(Entry {
             action: Some(Action::Deliver),
@@ -535,16 +523,15 @@ impl Session {
             ..Default::default()
         })
         .await;
-        metrics::counter!("crier_deliveries_total").increment(deliveries.len() as u64);
-        // `outbox_full` keeps a stream of single deliveries to one at a time.
-        let response = if self.window.max_batch == 1 && deliveries.len() == 1 {
-            Response::Delivery(deliveries.remove(0))
+        metrics::counter!("crier_deliveries_total").increment(n as u64);
+        // A stream that asked for one delivery a message gets `delivery`, as the first
+        // version of the contract sent; `outbox_full` keeps its outbox to one.
+        let single = if self.window.max_batch == 1 {
+            self.outbox.take_single()
         } else {
-            Response::Deliveries(Deliveries { deliveries })
+            None
         };
-        let message = SubscribeResponse {
-            response: Some(response),
-        };
+        let message = single.unwrap_or_else(|| self.outbox.take_batch());
         if self.out.send(Ok(message)).await.is_err() {
             return Step::End(None);
         }

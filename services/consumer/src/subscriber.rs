@@ -8,10 +8,12 @@ use std::{
 };
 
 use crier_audit::{Action, Entry};
-use crier_proto::v1::{
-    Filter, Open, Opened, SubscribeRequest, SubscribeResponse, start_from::From as StartAt,
-    subscribe_request::Request as ClientMsg, subscribe_response::Response as ServerMsg,
-    subscriber_server::Subscriber,
+use crier_proto::{
+    v1::{
+        Filter, Open, Opened, SubscribeRequest, SubscribeResponse, start_from::From as StartAt,
+        subscribe_request::Request as ClientMsg, subscribe_response::Response as ServerMsg,
+    },
+    wire::{EncodedResponse, subscriber_server::Subscriber},
 };
 use crier_schema::{Invalid, Registry, filter};
 use tokio::sync::{Semaphore, mpsc};
@@ -160,7 +162,7 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl Subscriber for SubscriberService {
-    type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+    type SubscribeStream = ReceiverStream<Result<EncodedResponse, Status>>;
 
     async fn subscribe(
         &self,
@@ -274,7 +276,7 @@ impl Subscriber for SubscriberService {
                 created,
             })),
         };
-        tx.send(Ok(opened))
+        tx.send(Ok(EncodedResponse::from(&opened)))
             .await
             .map_err(|_| Status::cancelled("client left"))?;
         let high = marks.iter().map(|(p, m)| (*p, m.1)).collect();
