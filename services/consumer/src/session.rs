@@ -53,6 +53,10 @@ const SKIPPED_SAVE_EVERY: Duration = Duration::from_secs(30);
 /// what a client accepts.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
+/// Most events (or acknowledged positions) one audit record of a stream names, so a record
+/// stays well under the audit writer's message size.
+const MAX_PER_AUDIT_RECORD: usize = 512;
+
 /// What a session needs from the service around it.
 #[derive(Debug, Clone)]
 pub struct Shared {
@@ -96,9 +100,12 @@ pub struct Session {
     save_not_before: Option<std::time::Instant>,
     /// The live batch being delivered.
     pending: Option<Pending>,
-    /// Deliveries ready to go out in the next message, and their audit entries.
+    /// Deliveries ready to go out in the next message.
     outbox: Deliveries,
+    /// What this stream has sent and had acknowledged since it last audited (see
+    /// [`Session::audit_pending`]).
     receipts: Vec<EventRef>,
+    acked_ids: Vec<String>,
 }
 
 /// How much a stream may have outstanding and in one message.
@@ -189,6 +196,7 @@ impl Session {
             pending: None,
             outbox: Deliveries::default(),
             receipts: Vec::new(),
+            acked_ids: Vec::new(),
         }
     }
 
@@ -219,6 +227,7 @@ impl Session {
                 ))),
                 msg = inbound.message() => self.on_client(msg).await,
                 _ = flush.tick() => {
+                    self.audit_pending().await;
                     self.pass_idle();
                     self.save(false).await
                 }
@@ -231,6 +240,7 @@ impl Session {
                 break status;
             }
         };
+        self.audit_pending().await;
         self.pass_idle();
         self.drop_catch_up();
         self.dirty = true;
@@ -259,10 +269,11 @@ impl Session {
         }
     }
 
-    /// Settles acknowledged deliveries, and audits them in one record per Ack message: the
-    /// positions name the deliveries, whose own records say what was delivered.
+    /// Settles acknowledged deliveries. Their positions are audited with the stream's
+    /// other records (see [`Session::audit_pending`]); the delivery records say what each
+    /// position held.
     async fn ack(&mut self, ack_ids: &[String]) {
-        let mut settled = Vec::new();
+        let before = self.acked_ids.len();
         for ack_id in ack_ids {
             let parsed = ack_id
                 .split_once(':')
@@ -273,21 +284,19 @@ impl Session {
             };
             if self.unacked.get_mut(&p).is_some_and(|m| m.remove(&o)) {
                 self.in_flight -= 1;
-                settled.push(ack_id.as_str());
+                self.acked_ids.push(ack_id.clone());
             }
         }
-        if settled.is_empty() {
+        let settled = self.acked_ids.len() - before;
+        if settled == 0 {
             return;
         }
         self.dirty = true;
         self.acked = true;
-        metrics::counter!("crier_acks_total").increment(settled.len() as u64);
-        self.audit(Entry {
-            action: Some(Action::Ack),
-            detail: settled.join(" "),
-            ..Default::default()
-        })
-        .await;
+        metrics::counter!("crier_acks_total").increment(settled as u64);
+        if self.acked_ids.len() >= MAX_PER_AUDIT_RECORD {
+            self.audit_pending().await;
+        }
     }
 
     async fn on_live(&mut self, batch: Result<Arc<Batch>, Ended>) -> Step {
@@ -510,19 +519,16 @@ impl Session {
         self.outbox.len() >= self.window.max_batch || self.outbox.bytes() >= MAX_MESSAGE_BYTES
     }
 
-    /// Sends the outbox as one message, audited as one record naming each event in it.
+    /// Sends the outbox as one message; its events are audited with the stream's next
+    /// records (see [`Session::audit_pending`]).
     async fn send(&mut self) -> Step {
         if self.outbox.is_empty() {
             return Step::Continue;
         }
         let n = self.outbox.len();
-        let events = std::mem::take(&mut self.receipts);
-        self.audit(Entry {
-            action: Some(Action::Deliver),
-            events,
-            ..Default::default()
-        })
-        .await;
+        if self.receipts.len() >= MAX_PER_AUDIT_RECORD {
+            self.audit_pending().await;
+        }
         metrics::counter!("crier_deliveries_total").increment(n as u64);
         // A stream that asked for one delivery a message gets `delivery`, as the first
         // version of the contract sent; `outbox_full` keeps its outbox to one.
@@ -536,6 +542,35 @@ impl Session {
             return Step::End(None);
         }
         Step::Continue
+    }
+
+    /// Audits what this stream sent, then what was acknowledged, since it last did: one
+    /// Deliver record naming each event sent, and one Ack record naming each position
+    /// acknowledged. Done at every cursor flush, at the end of the stream, and whenever
+    /// [`MAX_PER_AUDIT_RECORD`] have gathered. A record per message sent and per Ack
+    /// received was two hashed JSON records per message, tens of thousands a second at
+    /// full fan-out, and most of the audit trail's cost (PERFORMANCE.md); the trail says
+    /// the same, to the cursor flush interval.
+    async fn audit_pending(&mut self) {
+        if !self.receipts.is_empty() {
+            let events = std::mem::take(&mut self.receipts);
+            self.audit(Entry {
+                action: Some(Action::Deliver),
+                events,
+                ..Default::default()
+            })
+            .await;
+        }
+        if !self.acked_ids.is_empty() {
+            let detail = self.acked_ids.join(" ");
+            self.acked_ids.clear();
+            self.audit(Entry {
+                action: Some(Action::Ack),
+                detail,
+                ..Default::default()
+            })
+            .await;
+        }
     }
 
     /// Records `entry` as done by this stream's caller on this subscription.
