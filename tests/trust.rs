@@ -606,7 +606,10 @@ async fn the_subject_query_returns_exactly_the_deliveries_made_and_tampering_is_
                 })
                 .sum()
         };
-        (named(crier_audit::Action::Deliver), named(crier_audit::Action::Ack)) == (4, 4)
+        (
+            named(crier_audit::Action::Deliver),
+            named(crier_audit::Action::Ack),
+        ) == (4, 4)
     })
     .await;
     let summary = crier_audit::chain::verify(&trail).expect("an untouched trail verifies");
@@ -614,11 +617,20 @@ async fn the_subject_query_returns_exactly_the_deliveries_made_and_tampering_is_
     let mut acked: Vec<(&str, &str)> = trail
         .iter()
         .filter(|r| r.entry.action == Some(crier_audit::Action::Ack))
-        .flat_map(|r| r.entry.detail.split(' ').map(|p| (r.entry.actor.as_str(), p)))
+        .flat_map(|r| {
+            r.entry
+                .detail
+                .split(' ')
+                .map(|p| (r.entry.actor.as_str(), p))
+        })
         .collect();
     acked.sort();
     acked.dedup();
-    assert_eq!(acked.len(), 4, "each stream's two positions, once each: {acked:?}");
+    assert_eq!(
+        acked.len(),
+        4,
+        "each stream's two positions, once each: {acked:?}"
+    );
 
     let mut about_a: Vec<(String, String)> = crier_audit::chain::deliveries_about(&trail, "psn:A")
         .iter()

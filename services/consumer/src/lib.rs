@@ -79,6 +79,7 @@ pub async fn serve(
         let started = live::Live::start(
             &config.kafka,
             config.subscriptions.live_buffer,
+            Duration::from_millis(config.subscriptions.live_batch_ms),
             readers.clone(),
         );
         match started.await {

@@ -2,8 +2,8 @@
 //!
 //! Every stream that is up to date takes its events from this reader, so an instance reads
 //! each record from Kafka once however many subscriptions it serves (read amplification 1).
-//! Records go out in indexed batches (see `batch.rs`): what arrives within [`COALESCE`] of
-//! the first record, up to [`MAX_BATCH`]; the router (`route.rs`) hands each batch only to
+//! Records go out in indexed batches (see `batch.rs`): what arrives within
+//! `[subscriptions] live_batch_ms` of the first record, up to [`MAX_BATCH`]; the router (`route.rs`) hands each batch only to
 //! the streams it has records for. A stream that is behind (replaying, resuming after an
 //! outage, or too slow for its queue) reads on its own through a catch-up reader until it
 //! has caught up, then rejoins; see `session.rs`.
@@ -30,10 +30,6 @@ const META_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most records in one live batch.
 pub const MAX_BATCH: usize = 256;
-
-/// How long a batch stays open for more records after its first: a bound on the latency
-/// added, traded for fewer wake-ups of every stream.
-pub const COALESCE: Duration = Duration::from_millis(2);
 
 /// Low and high watermark of one partition: the first offset still held, and the next
 /// offset to be written.
@@ -62,6 +58,7 @@ impl Live {
     pub async fn start(
         config: &KafkaConfig,
         buffer: usize,
+        coalesce: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, KafkaError> {
         let meta: Arc<BaseConsumer> = Arc::new(config.reader().create()?);
@@ -122,7 +119,7 @@ impl Live {
                     continue;
                 };
                 let mut batch = Vec::new();
-                let close_at = tokio::time::Instant::now() + COALESCE;
+                let close_at = tokio::time::Instant::now() + coalesce;
                 let mut next = Some(first);
                 while let Some(msg) = next.take() {
                     match msg {
