@@ -33,11 +33,22 @@ pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
 /// client waits for a free stream instead, and the requests in flight fit in the window.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
-/// A tonic server with the HTTP/2 header and stream bounds set, and TLS when `tls` is given.
+/// Requests a client may cancel before the server has taken them up, per connection.
+/// h2's default is 20, a guard against "rapid reset" floods; past it h2 closes the whole
+/// connection (GOAWAY `too_many_resets`, ENHANCE_YOUR_CALM). A server behind under load
+/// meets it honestly: callers whose deadlines pass cancel requests still queued, and
+/// then every other call on that connection fails too (`RESOURCE_EXHAUSTED: h2 protocol
+/// error`, thousands per benchmark run; PERFORMANCE.md). Cancelled requests are dropped
+/// as soon as the server takes them up, so the memory this allows stays small.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = MAX_CONCURRENT_STREAMS as usize;
+
+/// A tonic server with the HTTP/2 header, stream and reset bounds set, and TLS when `tls`
+/// is given.
 pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
     let server = Server::builder()
         .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS));
     match tls {
         Some(tls) => server.tls_config(tls),
         None => Ok(server),
