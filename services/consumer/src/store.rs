@@ -183,7 +183,7 @@ fn reader_from(
     topic: &str,
     offset: Offset,
 ) -> Result<StreamConsumer, KafkaError> {
-    let reader: StreamConsumer = config.reader().create()?;
+    let reader: StreamConsumer = config.tail_reader().create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, offset)?;
     reader.assign(&tpl)?;
