@@ -115,7 +115,8 @@ impl KafkaConfig {
     /// (PERFORMANCE.md); an Open waits at most 20 ms more for the newest cursor.
     pub fn tail_reader(&self) -> ClientConfig {
         let mut c = self.reader();
-        c.set("fetch.min.bytes", "65536").set("fetch.wait.max.ms", "20");
+        c.set("fetch.min.bytes", "65536")
+            .set("fetch.wait.max.ms", "20");
         self.with_overrides(c)
     }
 
