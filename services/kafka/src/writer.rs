@@ -13,9 +13,10 @@
 //! [`STALLED_CHECKS`] checks in a row, a fresh client made from the same settings asks the
 //! cluster for its brokers. Only if that answer names a broker is the stuck client
 //! replaced: during a real outage nothing is replaced, and a client that recovers by
-//! itself is left alone. Records still queued in the old client fail with a timeout, as
-//! they would have anyway (their callers were never told OK, so they retry with the same
-//! id); every send from then on goes through the new client.
+//! itself is left alone. Records still queued in the old client are left to it until they
+//! settle: delivered if it recovers after all, otherwise failed with a timeout, as they
+//! would have been anyway (their callers were never told OK, so they retry with the same
+//! id). Every send from then on goes through the new client.
 
 use std::{
     sync::{
@@ -28,10 +29,12 @@ use std::{
 use rdkafka::{
     ClientConfig,
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{BaseProducer, FutureProducer, FutureRecord, Producer},
+    message::ToBytes,
+    producer::{
+        BaseProducer, FutureProducer, FutureRecord, Producer, future_producer::OwnedDeliveryResult,
+    },
     util::Timeout,
 };
-use rdkafka::{message::ToBytes, producer::future_producer::OwnedDeliveryResult};
 
 /// How often the writer checks that its client is delivering.
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -94,11 +97,7 @@ impl Writer {
 
     /// The client sends go through now. Clones share it.
     pub fn client(&self) -> FutureProducer {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.current()
     }
 
     /// Sends `record` as [`FutureProducer::send`] does, counting the outcome for the
@@ -183,8 +182,8 @@ async fn watch(inner: Weak<Inner>, every: Duration) {
                     "Kafka producer stalled while a new client reaches the cluster; replaced its client"
                 );
                 progress = Progress::default();
-                // Its queued records time out within message.timeout.ms and fail their
-                // sends; flushing waits for that, so no send is left without an answer.
+                // Its queued records settle within message.timeout.ms (delivered or timed
+                // out); flushing waits for that, so no send is left without an answer.
                 tokio::task::spawn_blocking(move || {
                     let _ = old.flush(RETIRE_TIMEOUT);
                 });
