@@ -8,16 +8,25 @@
 //! lz4, linger 2 ms). It keeps many sends in flight, as a FutureProducer must to be fast.
 //! It writes to a topic of its own, created like the events topic, so no consumer reads it.
 
-use std::{sync::atomic::Ordering, time::Instant};
+use std::{
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
+};
 
 use crier_kafka::{KafkaConfig, cloudevents};
 use futures::{StreamExt, stream::FuturesUnordered};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use hdrhistogram::Histogram;
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+    message::{Header, Headers},
+    producer::{FutureProducer, FutureRecord, Producer},
+};
 
 use crate::{
     Plan,
     events::Pool,
-    load::{Outcomes, Window},
+    load::{self, Outcomes, Window},
 };
 
 /// Most records queued in librdkafka at once (its own limit is 100,000 messages).
@@ -79,4 +88,150 @@ pub(crate) async fn run(kafka: &KafkaConfig, plan: &Plan, pool: &Pool) -> anyhow
     flushed?;
     eprintln!("bench: baseline: {}", outcomes.summary());
     Ok(window.per_second(outcomes.counted.load(Ordering::Relaxed)))
+}
+
+/// What the raw latency phase measured.
+pub(crate) struct RawLatency {
+    /// Schedule to Kafka's acknowledgement (the limit for unary publish latency).
+    pub(crate) acked: Histogram<u64>,
+    /// Schedule to receipt by one raw reader (the limit for end-to-end latency, without
+    /// fan-out).
+    pub(crate) read: Histogram<u64>,
+    pub(crate) outcomes: Arc<Outcomes>,
+    /// Records sent that the reader had not received by the end of the drain.
+    pub(crate) unread: u64,
+}
+
+/// Header carrying each record's scheduled instant, in ns after the phase's base instant.
+const SCHEDULED_HEADER: &str = "bench-scheduled-ns";
+
+/// The limits for unary and end-to-end latency: the same raw producer sending one record at
+/// each scheduled instant of an open loop at `plan.rate`, timed from the schedule to Kafka's
+/// acknowledgement (as [`crate::unary::latency`] times a Crier publish), and to its receipt
+/// by a raw reader with the live reader's settings (`KafkaConfig::reader()`), as the e2e
+/// phase times a delivery. Nothing Crier adds (gRPC, TLS, checks, fan-out, audit) is in
+/// either, so Crier's figures cannot be lower on the same machine and broker.
+pub(crate) async fn latency(
+    kafka: &KafkaConfig,
+    plan: &Plan,
+    pool: &Pool,
+) -> anyhow::Result<RawLatency> {
+    crier_kafka::topics::ensure_topics(kafka).await?;
+    let producer: FutureProducer = kafka.producer().create()?;
+    let outcomes = Arc::new(Outcomes::default());
+    let histogram = Arc::new(Mutex::new(load::histogram()));
+    let window = Window::starting_now(plan.warmup, plan.latency);
+    let base = Instant::now();
+    let total = (plan.rate * (plan.warmup + plan.latency).as_secs_f64()).round() as u64;
+    let reader = tokio::spawn(read_all(
+        kafka.clone(),
+        base,
+        window,
+        total,
+        window.until + DRAIN,
+    ));
+    let task = {
+        let (producer, topic) = (producer.clone(), kafka.events_topic.clone());
+        let (pool, outcomes, histogram) = (pool.clone(), outcomes.clone(), histogram.clone());
+        move |seq: u64, scheduled: Instant| {
+            let mut event = pool.event(seq, String::new());
+            crier_schema::validate::normalize(
+                &mut event,
+                prost_types::Timestamp::from(std::time::SystemTime::now()),
+            );
+            let record = cloudevents::encode(&event);
+            let at = (scheduled - base).as_nanos().to_string();
+            let headers = record.headers.insert(Header {
+                key: SCHEDULED_HEADER,
+                value: Some(at.as_bytes()),
+            });
+            let sent = producer
+                .send_result(
+                    FutureRecord::to(&topic)
+                        .key(&record.key)
+                        .payload(&record.value)
+                        .headers(headers),
+                )
+                .map_err(|(e, _)| e.to_string());
+            let (outcomes, histogram) = (outcomes.clone(), histogram.clone());
+            async move {
+                let acked = match sent {
+                    Ok(delivery) => delivery.await,
+                    Err(e) => return outcomes.error(1, || e),
+                };
+                match acked {
+                    Ok(Ok(_)) => {
+                        let done = Instant::now();
+                        outcomes.ok(&window, done, 1);
+                        if scheduled >= window.measure_from {
+                            let mut h = histogram.lock().unwrap_or_else(|p| p.into_inner());
+                            load::record(&mut h, done - scheduled);
+                        }
+                    }
+                    Ok(Err((e, _))) => outcomes.error(1, || format!("{e}")),
+                    Err(_) => outcomes.error(1, || "delivery future cancelled".into()),
+                }
+            }
+        }
+    };
+    load::open_loop(plan.rate, plan.warmup + plan.latency, task).await?;
+    let flushed =
+        tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(30)))
+            .await?;
+    flushed?;
+    let (read, received) = reader.await??;
+    eprintln!(
+        "bench: raw Kafka latency: {}; read {received} of {total}",
+        outcomes.summary()
+    );
+    let acked = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(RawLatency {
+        acked,
+        read,
+        outcomes,
+        unread: total.saturating_sub(received),
+    })
+}
+
+/// Longest the raw reader waits for the last records after the schedule ends.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Reads `kafka.events_topic` from the beginning until `total` records have arrived or
+/// `deadline` passes; returns the schedule-to-receipt histogram of the records scheduled in
+/// `window`, and how many records arrived.
+async fn read_all(
+    kafka: KafkaConfig,
+    base: Instant,
+    window: Window,
+    total: u64,
+    deadline: Instant,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let reader: StreamConsumer = kafka.reader().create()?;
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..kafka.partitions {
+        tpl.add_partition_offset(&kafka.events_topic, partition, Offset::Beginning)?;
+    }
+    reader.assign(&tpl)?;
+    let mut histogram = load::histogram();
+    let mut received = 0u64;
+    while received < total {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let Ok(message) = tokio::time::timeout(wait, reader.recv()).await else {
+            break;
+        };
+        let message = message?;
+        let now = Instant::now();
+        received += 1;
+        let scheduled = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == SCHEDULED_HEADER))
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<u64>().ok())
+            .map(|ns| base + Duration::from_nanos(ns));
+        if let Some(scheduled) = scheduled
+            && scheduled >= window.measure_from
+        {
+            load::record(&mut histogram, now - scheduled);
+        }
+    }
+    Ok((histogram, received))
 }

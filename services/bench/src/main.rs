@@ -110,7 +110,8 @@ struct Args {
     keep_topics: bool,
     /// A setting for the producer service, as `CRIER_<SECTION>__<KEY>=VALUE` (repeatable),
     /// for comparing settings; the figures are then not the defaults'. The services inherit
-    /// no other `CRIER_*` variable.
+    /// no other `CRIER_*` variable. `TOKIO_WORKER_THREADS`, `MIMALLOC_*` and `RUST_LOG`
+    /// may be set too.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_setting)]
     producer_env: Vec<(String, String)>,
     /// A setting for the consumer service, like `--producer-env`.
@@ -131,6 +132,9 @@ enum Phase {
     Stream,
     /// Unary Publish, 64 concurrent callers (unary_eps).
     Unary,
+    /// Raw rdkafka producer and reader at the same fixed rate: the limits for unary and
+    /// end-to-end latency (in the notes).
+    KafkaLatency,
     /// Unary Publish at a fixed 5,000/s (unary_p50_ms, unary_p99_ms).
     Latency,
     /// Fan-out to 420 subscriptions at 5,000/s (e2e_*, read_amplification).
@@ -307,10 +311,10 @@ async fn main() -> anyhow::Result<()> {
             subscriptions_topic: format!("bench.{run_id}.baseline-unused"),
             ..Default::default()
         };
-        baseline_topics = vec![
+        baseline_topics.extend([
             kafka.events_topic.clone(),
             kafka.subscriptions_topic.clone(),
-        ];
+        ]);
         figures.baseline_eps = Some(baseline::run(&kafka, &plan, &pool).await?);
         notes.push(format!(
             "baseline: {}",
@@ -337,6 +341,41 @@ async fn main() -> anyhow::Result<()> {
             plan.callers,
             plan.connections,
             cpu.note(&Cpu::sample(&publish_procs))
+        ));
+    }
+    if wanted(Phase::KafkaLatency) {
+        phase("kafka-latency", &plan.latency);
+        let kafka = KafkaConfig {
+            bootstrap_servers: args.kafka.clone(),
+            events_topic: format!("bench.{run_id}.baseline-latency"),
+            subscriptions_topic: format!("bench.{run_id}.baseline-unused"),
+            ..Default::default()
+        };
+        baseline_topics.extend([
+            kafka.events_topic.clone(),
+            kafka.subscriptions_topic.clone(),
+        ]);
+        let cpu = Cpu::sample(&publish_procs);
+        let raw = baseline::latency(&kafka, &plan, &pool).await?;
+        let cpu = cpu.note(&Cpu::sample(&publish_procs));
+        let pcts = |h: &hdrhistogram::Histogram<u64>| {
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+                load::percentile_ms(h, 50.0).unwrap_or(f64::NAN),
+                load::percentile_ms(h, 99.0).unwrap_or(f64::NAN),
+                load::percentile_ms(h, 99.9).unwrap_or(f64::NAN),
+                h.max() as f64 / 1000.0
+            )
+        };
+        notes.push(format!(
+            "raw Kafka at {}/s, same client settings, no Crier (the limits): schedule to \
+             acknowledgement (for unary_p99_ms) {}; schedule to receipt by one raw reader \
+             (for e2e, without fan-out) {}, {} unread after the drain; {}; {cpu}",
+            plan.rate,
+            pcts(&raw.acked),
+            pcts(&raw.read),
+            raw.unread,
+            raw.outcomes.summary(),
         ));
     }
     if wanted(Phase::Latency) {
@@ -456,6 +495,8 @@ async fn main() -> anyhow::Result<()> {
     if !args.keep_topics {
         let mut topics = vec![env.events_topic.clone(), env.subscriptions_topic.clone()];
         topics.extend(baseline_topics);
+        topics.sort();
+        topics.dedup();
         delete_topics(&args.kafka, &topics).await;
     }
 
@@ -537,9 +578,40 @@ fn write_ghz_request(pool: &Pool, path: &std::path::Path) -> anyhow::Result<()> 
 }
 
 /// `KEY=VALUE`, where KEY is a `CRIER_` variable.
+/// What `--producer-env` and `--consumer-env` may set: the services' own settings, and the
+/// runtime's and allocator's knobs (`TOKIO_WORKER_THREADS`, `MIMALLOC_*`) and `RUST_LOG`.
+const SETTING_PREFIXES: [&str; 4] = ["CRIER_", "TOKIO_", "MIMALLOC_", "RUST_LOG"];
+
 fn parse_setting(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if k.starts_with("CRIER_") => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("'{s}' is not CRIER_<SECTION>__<KEY>=VALUE")),
+        Some((k, v)) if SETTING_PREFIXES.iter().any(|p| k.starts_with(p)) => {
+            Ok((k.to_owned(), v.to_owned()))
+        }
+        _ => Err(format!(
+            "'{s}' is not KEY=VALUE with KEY starting {}",
+            SETTING_PREFIXES.join(", ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_setting;
+
+    #[test]
+    fn settings_reach_the_services_only_under_known_prefixes() {
+        assert_eq!(
+            parse_setting("CRIER_KAFKA__PARTITIONS=2"),
+            Ok(("CRIER_KAFKA__PARTITIONS".into(), "2".into()))
+        );
+        assert_eq!(
+            parse_setting("TOKIO_WORKER_THREADS=1"),
+            Ok(("TOKIO_WORKER_THREADS".into(), "1".into()))
+        );
+        assert!(parse_setting("PATH=/tmp").is_err(), "not a service setting");
+        assert!(
+            parse_setting("CRIER_KAFKA__PARTITIONS").is_err(),
+            "no value"
+        );
     }
 }
