@@ -67,17 +67,23 @@ pub fn looks_like_nhs_number(s: &str) -> bool {
 /// True when `s` has the shape of a National Insurance number: two letters, six digits and an
 /// optional suffix letter A–D, ignoring spaces and case.
 pub fn looks_like_nino(s: &str) -> bool {
-    let compact: Vec<char> = s
-        .chars()
-        .filter(|c| *c != ' ')
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
+    // Checked on every subject and correlation id published, so without allocating.
+    let mut buf = ['\0'; 9];
+    let mut n = 0;
+    for c in s.chars().filter(|c| *c != ' ') {
+        let Some(slot) = buf.get_mut(n) else {
+            return false;
+        };
+        *slot = c.to_ascii_uppercase();
+        n += 1;
+    }
+    let compact = &buf[..n];
     let body_ok = |c: &[char]| {
         c[..2].iter().all(char::is_ascii_uppercase) && c[2..8].iter().all(char::is_ascii_digit)
     };
     match compact.len() {
-        8 => body_ok(&compact),
-        9 => body_ok(&compact) && matches!(compact[8], 'A'..='D'),
+        8 => body_ok(compact),
+        9 => body_ok(compact) && matches!(compact[8], 'A'..='D'),
         _ => false,
     }
 }
@@ -124,5 +130,6 @@ mod tests {
         assert!(looks_like_nino("AB123456"));
         assert!(!looks_like_nino("QQ123456E"));
         assert!(!looks_like_nino("psn-4c1f0b7e"));
+        assert!(!looks_like_nino("QQ123456CA"), "one letter too many");
     }
 }

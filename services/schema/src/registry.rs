@@ -4,9 +4,11 @@
 //! check that the bytes really are the declared type. It uses the descriptors compiled into
 //! `crier-proto`, so the rules can never drift from the published `.proto` files.
 
+use std::sync::Arc;
+
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 
-use crate::Invalid;
+use crate::{Invalid, wire::Shapes};
 
 /// Every event type a publisher may send, by its `Event.type`, which is the payload's full
 /// protobuf message name.
@@ -23,6 +25,9 @@ pub const EVENT_TYPES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct Registry {
     pool: DescriptorPool,
+    /// The walk's tables for every event type, and each event type's index in them (in
+    /// the order of [`EVENT_TYPES`]).
+    shapes: Arc<(Shapes, Vec<Option<usize>>)>,
 }
 
 impl Default for Registry {
@@ -37,7 +42,15 @@ impl Registry {
         #[allow(clippy::expect_used)]
         let pool = DescriptorPool::decode(crier_proto::FILE_DESCRIPTOR_SET)
             .expect("crier-proto embeds a valid descriptor set (checked by its build)");
-        Self { pool }
+        let mut shapes = Shapes::default();
+        let indices = EVENT_TYPES
+            .iter()
+            .map(|t| pool.get_message_by_name(t).map(|desc| shapes.add(&desc)))
+            .collect();
+        Self {
+            pool,
+            shapes: Arc::new((shapes, indices)),
+        }
     }
 
     /// The descriptor of a known event type, or `None` for anything else.
@@ -64,10 +77,13 @@ impl Registry {
     /// define, without decoding it (see `wire.rs`). A refusal names `event.data`, or for an
     /// undefined field, the path to it.
     pub fn check(&self, type_name: &str, data: &[u8]) -> Result<(), Invalid> {
-        let desc = self
-            .event_type(type_name)
+        let (shapes, indices) = &*self.shapes;
+        let index = EVENT_TYPES
+            .iter()
+            .position(|t| *t == type_name)
+            .and_then(|i| indices.get(i).copied().flatten())
             .ok_or_else(|| Self::unknown_type("event.type", type_name))?;
-        crate::wire::check(&desc, data).map_err(|r| {
+        shapes.check(index, data).map_err(|r| {
             let field = if r.undefined {
                 r.field("event.data")
             } else {

@@ -41,81 +41,173 @@ impl Refusal {
     }
 }
 
-/// Checks `buf` as an encoded `desc`.
-pub(crate) fn check(desc: &MessageDescriptor, buf: &[u8]) -> Result<(), Refusal> {
-    check_message(desc, buf, 0)
+/// What the walk needs of one message type, looked up once at start-up.
+///
+/// Asking `prost_reflect` for a field and its kind clones reference-counted handles on
+/// every call; with two threads checking events that was most of the walk's cost
+/// (PERFORMANCE.md, session 6). The descriptor is kept only to word refusals.
+#[derive(Debug)]
+struct Shape {
+    desc: MessageDescriptor,
+    /// By field number, ascending.
+    fields: Vec<FieldShape>,
 }
 
-fn check_message(desc: &MessageDescriptor, mut buf: &[u8], depth: u32) -> Result<(), Refusal> {
-    if depth > MAX_DEPTH {
-        return Err(Refusal::new("nested too deeply"));
+#[derive(Debug, Clone, Copy)]
+struct FieldShape {
+    number: u32,
+    kind: Wire,
+    repeated: bool,
+}
+
+/// The encodings a field's kind allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Varint,
+    Fixed64,
+    Fixed32,
+    String,
+    Bytes,
+    /// A message, by its index in [`Shapes`].
+    Message(usize),
+}
+
+/// The shapes of a set of message types and every type they contain.
+#[derive(Debug, Default)]
+pub(crate) struct Shapes {
+    shapes: Vec<Shape>,
+}
+
+impl Shapes {
+    /// Adds `desc` and the types it contains (once each); returns its index.
+    pub(crate) fn add(&mut self, desc: &MessageDescriptor) -> usize {
+        if let Some(i) = self.shapes.iter().position(|s| s.desc == *desc) {
+            return i;
+        }
+        let index = self.shapes.len();
+        self.shapes.push(Shape {
+            desc: desc.clone(),
+            fields: Vec::new(),
+        });
+        let mut fields: Vec<FieldShape> = desc
+            .fields()
+            .map(|field| FieldShape {
+                number: field.number(),
+                kind: match field.kind() {
+                    Kind::Message(inner) => Wire::Message(self.add(&inner)),
+                    Kind::String => Wire::String,
+                    Kind::Bytes => Wire::Bytes,
+                    k if is_fixed64(&k) => Wire::Fixed64,
+                    k if is_fixed32(&k) => Wire::Fixed32,
+                    _ => Wire::Varint,
+                },
+                repeated: field.cardinality() == Cardinality::Repeated,
+            })
+            .collect();
+        fields.sort_by_key(|f| f.number);
+        self.shapes[index].fields = fields;
+        index
     }
-    // Repeated message fields seen so far, to name the element in a refusal.
-    let mut counts: Vec<(u32, usize)> = Vec::new();
-    while !buf.is_empty() {
-        let (number, wire_type) = decode_key(&mut buf).map_err(|e| Refusal::new(e.to_string()))?;
-        let Some(field) = desc.get_field(number) else {
-            return Err(Refusal {
-                undefined: true,
-                ..Refusal::new(format!(
-                    "field number {number} is not defined in {}; was the payload encoded with the right type?",
-                    desc.full_name()
-                ))
-            });
-        };
-        let located = |mut r: Refusal, index: Option<usize>| {
-            if let Some(i) = index {
-                r.path.push(format!("[{i}]"));
-            }
-            r.path.push(format!(".{}", field.name()));
-            r
-        };
-        let kind = field.kind();
-        let repeated = field.cardinality() == Cardinality::Repeated;
-        match wire_type {
-            WireType::Varint => {
-                expect(is_varint(&kind), &field, wire_type).map_err(|r| located(r, None))?;
-                decode_varint(&mut buf).map_err(|e| located(Refusal::new(e.to_string()), None))?;
-            }
-            WireType::SixtyFourBit => {
-                expect(is_fixed64(&kind), &field, wire_type).map_err(|r| located(r, None))?;
-                take(&mut buf, 8).map_err(|r| located(r, None))?;
-            }
-            WireType::ThirtyTwoBit => {
-                expect(is_fixed32(&kind), &field, wire_type).map_err(|r| located(r, None))?;
-                take(&mut buf, 4).map_err(|r| located(r, None))?;
-            }
-            WireType::LengthDelimited => {
-                let len = decode_varint(&mut buf)
-                    .map_err(|e| located(Refusal::new(e.to_string()), None))?;
-                let len = usize::try_from(len).unwrap_or(usize::MAX);
-                let bytes = take(&mut buf, len).map_err(|r| located(r, None))?;
-                match &kind {
-                    Kind::String => {
-                        std::str::from_utf8(bytes).map_err(|_| {
-                            located(Refusal::new("string is not valid UTF-8"), None)
-                        })?;
+
+    /// Checks `buf` as an encoded message of the type at `index` (from [`Shapes::add`]).
+    pub(crate) fn check(&self, index: usize, buf: &[u8]) -> Result<(), Refusal> {
+        self.check_message(index, buf, 0)
+    }
+
+    fn check_message(&self, index: usize, mut buf: &[u8], depth: u32) -> Result<(), Refusal> {
+        if depth > MAX_DEPTH {
+            return Err(Refusal::new("nested too deeply"));
+        }
+        let shape = &self.shapes[index];
+        // Repeated message fields seen so far, to name the element in a refusal.
+        let mut counts: Vec<(u32, usize)> = Vec::new();
+        while !buf.is_empty() {
+            let (number, wire_type) =
+                decode_key(&mut buf).map_err(|e| Refusal::new(e.to_string()))?;
+            let Ok(at) = shape.fields.binary_search_by_key(&number, |f| f.number) else {
+                return Err(Refusal {
+                    undefined: true,
+                    ..Refusal::new(format!(
+                        "field number {number} is not defined in {}; was the payload encoded with the right type?",
+                        shape.desc.full_name()
+                    ))
+                });
+            };
+            let field = shape.fields[at];
+            // Only a refusal needs the field's name, so only a refusal looks it up.
+            let located = |mut r: Refusal, index: Option<usize>| {
+                if let Some(i) = index {
+                    r.path.push(format!("[{i}]"));
+                }
+                let name = shape.desc.get_field(number);
+                r.path
+                    .push(format!(".{}", name.as_ref().map_or("?", |f| f.name())));
+                r
+            };
+            let wrong = || {
+                let name = shape.desc.get_field(number);
+                Refusal::new(match name {
+                    Some(f) => format!(
+                        "wire type {wire_type:?} does not fit field {} ({:?})",
+                        f.name(),
+                        f.kind()
+                    ),
+                    None => format!("wire type {wire_type:?} does not fit field {number}"),
+                })
+            };
+            match wire_type {
+                WireType::Varint => {
+                    if field.kind != Wire::Varint {
+                        return Err(located(wrong(), None));
                     }
-                    Kind::Bytes => {}
-                    Kind::Message(inner) => {
-                        let index = repeated.then(|| next_index(&mut counts, number));
-                        check_message(inner, bytes, depth + 1).map_err(|r| located(r, index))?;
+                    decode_varint(&mut buf)
+                        .map_err(|e| located(Refusal::new(e.to_string()), None))?;
+                }
+                WireType::SixtyFourBit => {
+                    if field.kind != Wire::Fixed64 {
+                        return Err(located(wrong(), None));
                     }
-                    packed if repeated => {
-                        packed_values(packed, bytes).map_err(|r| located(r, None))?
+                    take(&mut buf, 8).map_err(|r| located(r, None))?;
+                }
+                WireType::ThirtyTwoBit => {
+                    if field.kind != Wire::Fixed32 {
+                        return Err(located(wrong(), None));
                     }
-                    _ => expect(false, &field, wire_type).map_err(|r| located(r, None))?,
+                    take(&mut buf, 4).map_err(|r| located(r, None))?;
+                }
+                WireType::LengthDelimited => {
+                    let len = decode_varint(&mut buf)
+                        .map_err(|e| located(Refusal::new(e.to_string()), None))?;
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    let bytes = take(&mut buf, len).map_err(|r| located(r, None))?;
+                    match field.kind {
+                        Wire::String => {
+                            std::str::from_utf8(bytes).map_err(|_| {
+                                located(Refusal::new("string is not valid UTF-8"), None)
+                            })?;
+                        }
+                        Wire::Bytes => {}
+                        Wire::Message(inner) => {
+                            let index = field.repeated.then(|| next_index(&mut counts, number));
+                            self.check_message(inner, bytes, depth + 1)
+                                .map_err(|r| located(r, index))?;
+                        }
+                        packed if field.repeated => {
+                            packed_values(packed, bytes).map_err(|r| located(r, None))?
+                        }
+                        _ => return Err(located(wrong(), None)),
+                    }
+                }
+                WireType::StartGroup | WireType::EndGroup => {
+                    return Err(located(
+                        Refusal::new("groups are not used by Crier's schemas"),
+                        None,
+                    ));
                 }
             }
-            WireType::StartGroup | WireType::EndGroup => {
-                return Err(located(
-                    Refusal::new("groups are not used by Crier's schemas"),
-                    None,
-                ));
-            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn next_index(counts: &mut Vec<(u32, usize)>, number: u32) -> usize {
@@ -132,35 +224,22 @@ fn next_index(counts: &mut Vec<(u32, usize)>, number: u32) -> usize {
 }
 
 /// A packed repeated scalar: a run of varints or fixed-width values.
-fn packed_values(kind: &Kind, mut bytes: &[u8]) -> Result<(), Refusal> {
-    let width = if is_fixed64(kind) {
-        8
-    } else if is_fixed32(kind) {
-        4
-    } else if is_varint(kind) {
-        while !bytes.is_empty() {
-            decode_varint(&mut bytes).map_err(|e| Refusal::new(e.to_string()))?;
+fn packed_values(kind: Wire, mut bytes: &[u8]) -> Result<(), Refusal> {
+    let width = match kind {
+        Wire::Fixed64 => 8,
+        Wire::Fixed32 => 4,
+        Wire::Varint => {
+            while !bytes.is_empty() {
+                decode_varint(&mut bytes).map_err(|e| Refusal::new(e.to_string()))?;
+            }
+            return Ok(());
         }
-        return Ok(());
-    } else {
-        return Err(Refusal::new("not a packable field"));
+        _ => return Err(Refusal::new("not a packable field")),
     };
     if bytes.len().is_multiple_of(width) {
         Ok(())
     } else {
         Err(Refusal::new("packed values are truncated"))
-    }
-}
-
-fn expect(ok: bool, field: &prost_reflect::FieldDescriptor, wire: WireType) -> Result<(), Refusal> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Refusal::new(format!(
-            "wire type {wire:?} does not fit field {} ({:?})",
-            field.name(),
-            field.kind()
-        )))
     }
 }
 
@@ -171,20 +250,6 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], Refusal> {
     let (head, rest) = buf.split_at(n);
     *buf = rest;
     Ok(head)
-}
-
-fn is_varint(kind: &Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Int32
-            | Kind::Int64
-            | Kind::Uint32
-            | Kind::Uint64
-            | Kind::Sint32
-            | Kind::Sint64
-            | Kind::Bool
-            | Kind::Enum(_)
-    )
 }
 
 fn is_fixed64(kind: &Kind) -> bool {
@@ -289,5 +354,15 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.field, "event.data");
         assert!(err.message.contains("does not decode"), "{err}");
+        // The same string field as a 32-bit and as a 64-bit value.
+        for bytes in [&[0x0d, 1, 2, 3, 4][..], &[0x09, 1, 2, 3, 4, 5, 6, 7, 8][..]] {
+            let err = registry
+                .check("crier.events.v1.DeathRegistered", bytes)
+                .unwrap_err();
+            assert!(
+                err.message.contains("does not fit field registration_id"),
+                "{err}"
+            );
+        }
     }
 }
