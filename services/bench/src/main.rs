@@ -305,16 +305,7 @@ async fn main() -> anyhow::Result<()> {
     if wanted(Phase::Baseline) {
         let cpu = Cpu::sample(&publish_procs);
         phase("baseline", &plan.throughput);
-        let kafka = KafkaConfig {
-            bootstrap_servers: args.kafka.clone(),
-            events_topic: format!("bench.{run_id}.baseline"),
-            subscriptions_topic: format!("bench.{run_id}.baseline-unused"),
-            ..Default::default()
-        };
-        baseline_topics.extend([
-            kafka.events_topic.clone(),
-            kafka.subscriptions_topic.clone(),
-        ]);
+        let kafka = raw_kafka(&args.kafka, &run_id, "baseline", &mut baseline_topics);
         figures.baseline_eps = Some(baseline::run(&kafka, &plan, &pool).await?);
         notes.push(format!(
             "baseline: {}",
@@ -345,16 +336,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(Phase::KafkaLatency) {
         phase("kafka-latency", &plan.latency);
-        let kafka = KafkaConfig {
-            bootstrap_servers: args.kafka.clone(),
-            events_topic: format!("bench.{run_id}.baseline-latency"),
-            subscriptions_topic: format!("bench.{run_id}.baseline-unused"),
-            ..Default::default()
-        };
-        baseline_topics.extend([
-            kafka.events_topic.clone(),
-            kafka.subscriptions_topic.clone(),
-        ]);
+        let kafka = raw_kafka(
+            &args.kafka,
+            &run_id,
+            "baseline-latency",
+            &mut baseline_topics,
+        );
         let cpu = Cpu::sample(&publish_procs);
         let raw = baseline::latency(&kafka, &plan, &pool).await?;
         let cpu = cpu.note(&Cpu::sample(&publish_procs));
@@ -578,6 +565,22 @@ fn write_ghz_request(pool: &Pool, path: &std::path::Path) -> anyhow::Result<()> 
 }
 
 /// `KEY=VALUE`, where KEY is a `CRIER_` variable.
+/// Settings for a raw-client phase writing to `bench.<run_id>.<name>`; the topics that
+/// creating it makes are added to `created`, for deleting at the end.
+fn raw_kafka(bootstrap: &str, run_id: &str, name: &str, created: &mut Vec<String>) -> KafkaConfig {
+    let kafka = KafkaConfig {
+        bootstrap_servers: bootstrap.to_owned(),
+        events_topic: format!("bench.{run_id}.{name}"),
+        subscriptions_topic: format!("bench.{run_id}.baseline-unused"),
+        ..Default::default()
+    };
+    created.extend([
+        kafka.events_topic.clone(),
+        kafka.subscriptions_topic.clone(),
+    ]);
+    kafka
+}
+
 /// What `--producer-env` and `--consumer-env` may set: the services' own settings, and the
 /// runtime's and allocator's knobs (`TOKIO_WORKER_THREADS`, `MIMALLOC_*`) and `RUST_LOG`.
 const SETTING_PREFIXES: [&str; 4] = ["CRIER_", "TOKIO_", "MIMALLOC_", "RUST_LOG"];
