@@ -73,9 +73,18 @@ enum Wire {
 }
 
 /// The shapes of a set of message types and every type they contain.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Shapes {
     shapes: Vec<Shape>,
+}
+
+impl std::fmt::Debug for Shapes {
+    // The descriptors inside would print the whole schema wherever a Registry is logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shapes")
+            .field("types", &self.shapes.len())
+            .finish()
+    }
 }
 
 impl Shapes {
