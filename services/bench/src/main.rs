@@ -480,7 +480,11 @@ async fn main() -> anyhow::Result<()> {
     figures.producer_rss_mb = Some(producer.rss_mb()?);
     producer.stop(Duration::from_secs(30)).await?;
     if !args.keep_topics {
-        let mut topics = vec![env.events_topic.clone(), env.subscriptions_topic.clone()];
+        let mut topics = vec![
+            env.events_topic.clone(),
+            env.subscriptions_topic.clone(),
+            env.audit_topic(),
+        ];
         topics.extend(baseline_topics);
         topics.sort();
         topics.dedup();

@@ -50,6 +50,13 @@ pub(crate) struct Env {
     pub(crate) consumer_settings: Vec<(String, String)>,
 }
 
+impl Env {
+    /// The run's audit topic, beside its events topic.
+    pub(crate) fn audit_topic(&self) -> String {
+        self.events_topic.replace(".events", ".audit")
+    }
+}
+
 /// A running service process.
 #[derive(Debug)]
 pub(crate) struct Service {
@@ -94,10 +101,7 @@ impl Service {
             .env("CRIER_KAFKA__BOOTSTRAP_SERVERS", &env.bootstrap)
             .env("CRIER_KAFKA__EVENTS_TOPIC", &env.events_topic)
             .env("CRIER_KAFKA__SUBSCRIPTIONS_TOPIC", &env.subscriptions_topic)
-            .env(
-                "CRIER_KAFKA__AUDIT_TOPIC",
-                env.events_topic.replace(".events", ".audit"),
-            )
+            .env("CRIER_KAFKA__AUDIT_TOPIC", env.audit_topic())
             .envs(crate::client::service_env(kind == Kind::Producer))
             .envs(match kind {
                 Kind::Producer => env.producer_settings.iter().cloned(),
