@@ -95,11 +95,10 @@ pub(crate) struct RawLatency {
     /// Schedule to Kafka's acknowledgement (the limit for unary publish latency).
     pub(crate) acked: Histogram<u64>,
     /// Schedule to receipt by one raw reader (the limit for end-to-end latency, without
-    /// fan-out).
-    pub(crate) read: Histogram<u64>,
+    /// fan-out), and the records it had not received by the end of the drain; `None`
+    /// when run without the reader.
+    pub(crate) read: Option<(Histogram<u64>, u64)>,
     pub(crate) outcomes: Arc<Outcomes>,
-    /// Records sent that the reader had not received by the end of the drain.
-    pub(crate) unread: u64,
 }
 
 /// Header carrying each record's scheduled instant, in ns after the phase's base instant.
@@ -111,10 +110,15 @@ const SCHEDULED_HEADER: &str = "bench-scheduled-ns";
 /// by a raw reader with the live reader's settings (`KafkaConfig::reader()`), as the e2e
 /// phase times a delivery. Nothing Crier adds (gRPC, TLS, checks, fan-out, audit) is in
 /// either, so Crier's figures cannot be lower on the same machine and broker.
+///
+/// The reader runs only when `read_back` is set: its fetches, one per few records, take
+/// Kafka from about 40% of a core to 75%, which the unary latency phase (no consumer
+/// running) does not pay, so the floor for unary is measured without it.
 pub(crate) async fn latency(
     kafka: &KafkaConfig,
     plan: &Plan,
     pool: &Pool,
+    read_back: bool,
 ) -> anyhow::Result<RawLatency> {
     crier_kafka::topics::ensure_topics(kafka).await?;
     let producer: FutureProducer = kafka.producer().create()?;
@@ -123,13 +127,15 @@ pub(crate) async fn latency(
     let window = Window::starting_now(plan.warmup, plan.latency);
     let base = Instant::now();
     let total = (plan.rate * (plan.warmup + plan.latency).as_secs_f64()).round() as u64;
-    let reader = tokio::spawn(read_all(
-        kafka.clone(),
-        base,
-        window,
-        total,
-        window.until + DRAIN,
-    ));
+    let reader = read_back.then(|| {
+        tokio::spawn(read_all(
+            kafka.clone(),
+            base,
+            window,
+            total,
+            window.until + DRAIN,
+        ))
+    });
     let task = {
         let (producer, topic) = (producer.clone(), kafka.events_topic.clone());
         let (pool, outcomes, histogram) = (pool.clone(), outcomes.clone(), histogram.clone());
@@ -179,17 +185,19 @@ pub(crate) async fn latency(
         tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(30)))
             .await?;
     flushed?;
-    let (read, received) = reader.await??;
-    eprintln!(
-        "bench: raw Kafka latency: {}; read {received} of {total}",
-        outcomes.summary()
-    );
+    let read = match reader {
+        Some(reader) => {
+            let (read, received) = reader.await??;
+            Some((read, total.saturating_sub(received)))
+        }
+        None => None,
+    };
+    eprintln!("bench: raw Kafka latency: {}", outcomes.summary());
     let acked = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(RawLatency {
         acked,
         read,
         outcomes,
-        unread: total.saturating_sub(received),
     })
 }
 
