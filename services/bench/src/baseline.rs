@@ -7,6 +7,9 @@
 //! producer built from the same settings (`KafkaConfig::producer()`: idempotent, acks=all,
 //! lz4, linger 2 ms). It keeps many sends in flight, as a FutureProducer must to be fast.
 //! It writes to a topic of its own, created like the events topic, so no consumer reads it.
+//!
+//! [`latency`] uses the same producer for the floors under the latency targets: the
+//! `kafka-latency` phase, whose figures are in the notes.
 
 use std::{
     sync::{Arc, Mutex, atomic::Ordering},
@@ -28,6 +31,17 @@ use crate::{
     events::Pool,
     load::{self, Outcomes, Window},
 };
+
+/// Event `seq` of the pool as the producer service would write it: normalised, then
+/// encoded with the CloudEvents binary binding.
+fn raw_record(pool: &Pool, seq: u64) -> cloudevents::Record {
+    let mut event = pool.event(seq, String::new());
+    crier_schema::validate::normalize(
+        &mut event,
+        prost_types::Timestamp::from(std::time::SystemTime::now()),
+    );
+    cloudevents::encode(&event)
+}
 
 /// Most records queued in librdkafka at once (its own limit is 100,000 messages).
 const MAX_IN_FLIGHT: usize = 50_000;
@@ -52,13 +66,8 @@ pub(crate) async fn run(kafka: &KafkaConfig, plan: &Plan, pool: &Pool) -> anyhow
             if in_flight.len() >= MAX_IN_FLIGHT {
                 break;
             }
-            let mut event = pool.event(seq, String::new());
+            let record = raw_record(pool, seq);
             seq += 1;
-            crier_schema::validate::normalize(
-                &mut event,
-                prost_types::Timestamp::from(std::time::SystemTime::now()),
-            );
-            let record = cloudevents::encode(&event);
             let future_record = FutureRecord::to(&kafka.events_topic)
                 .key(&record.key)
                 .payload(&record.value)
@@ -83,8 +92,7 @@ pub(crate) async fn run(kafka: &KafkaConfig, plan: &Plan, pool: &Pool) -> anyhow
         settle(r, &outcomes);
     }
     let flushed =
-        tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(30)))
-            .await?;
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await?;
     flushed?;
     eprintln!("bench: baseline: {}", outcomes.summary());
     Ok(window.per_second(outcomes.counted.load(Ordering::Relaxed)))
@@ -140,12 +148,7 @@ pub(crate) async fn latency(
         let (producer, topic) = (producer.clone(), kafka.events_topic.clone());
         let (pool, outcomes, histogram) = (pool.clone(), outcomes.clone(), histogram.clone());
         move |seq: u64, scheduled: Instant| {
-            let mut event = pool.event(seq, String::new());
-            crier_schema::validate::normalize(
-                &mut event,
-                prost_types::Timestamp::from(std::time::SystemTime::now()),
-            );
-            let record = cloudevents::encode(&event);
+            let record = raw_record(&pool, seq);
             let at = (scheduled - base).as_nanos().to_string();
             let headers = record.headers.insert(Header {
                 key: SCHEDULED_HEADER,
@@ -182,8 +185,7 @@ pub(crate) async fn latency(
     };
     load::open_loop(plan.rate, plan.warmup + plan.latency, task).await?;
     let flushed =
-        tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(30)))
-            .await?;
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await?;
     flushed?;
     let read = match reader {
         Some(reader) => {

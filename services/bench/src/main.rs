@@ -12,6 +12,7 @@
 //! | baseline   | `baseline`    | baseline_eps |
 //! | stream     | `stream`      | stream_publish_eps, stream_ratio |
 //! | unary      | `unary`       | unary_eps |
+//! | kafka-latency | `baseline` | (notes: the floors under the two latency targets) |
 //! | latency    | `unary`       | unary_p50_ms, unary_p99_ms |
 //! | e2e        | `e2e`         | e2e_p50/p99/p999_ms, subscriptions, read_amplification |
 //! | memory     | `memory`      | streams, consumer_rss_mb |
@@ -571,7 +572,6 @@ fn write_ghz_request(pool: &Pool, path: &std::path::Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `KEY=VALUE`, where KEY is a `CRIER_` variable.
 /// Settings for a raw-client phase writing to `bench.<run_id>.<name>`; the topics that
 /// creating it makes are added to `created`, for deleting at the end.
 fn raw_kafka(bootstrap: &str, run_id: &str, name: &str, created: &mut Vec<String>) -> KafkaConfig {
@@ -592,6 +592,7 @@ fn raw_kafka(bootstrap: &str, run_id: &str, name: &str, created: &mut Vec<String
 /// runtime's and allocator's knobs (`TOKIO_WORKER_THREADS`, `MIMALLOC_*`) and `RUST_LOG`.
 const SETTING_PREFIXES: [&str; 4] = ["CRIER_", "TOKIO_", "MIMALLOC_", "RUST_LOG"];
 
+/// `KEY=VALUE`, where KEY starts with one of [`SETTING_PREFIXES`].
 fn parse_setting(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if SETTING_PREFIXES.iter().any(|p| k.starts_with(p)) => {
