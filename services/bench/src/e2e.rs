@@ -98,6 +98,14 @@ fn specs(areas: &[String], national: usize, run: &str) -> Vec<Spec> {
     specs
 }
 
+/// Distinct areas an event names: each is one area stream due to receive it.
+fn distinct(areas: &[String]) -> u32 {
+    let mut areas: Vec<&String> = areas.iter().collect();
+    areas.sort();
+    areas.dedup();
+    areas.len() as u32
+}
+
 /// Delivery bookkeeping shared by the publisher and every stream.
 struct Tracker {
     started: Instant,
@@ -116,6 +124,23 @@ struct Tracker {
 const FAILED: u32 = u32::MAX;
 
 impl Tracker {
+    /// Event `i`, scheduled `ns` after the start, is due to `due` streams.
+    fn due(&self, i: usize, ns: u64, due: u32) {
+        if let (Some(r), Some(s)) = (self.remaining.get(i), self.scheduled.get(i)) {
+            s.store(ns, Ordering::Relaxed);
+            r.store(due, Ordering::Release);
+            self.outstanding.fetch_add(u64::from(due), Ordering::AcqRel);
+        }
+    }
+
+    /// Event `i` was not acknowledged: nothing is due for it.
+    fn failed(&self, i: usize) {
+        if let Some(r) = self.remaining.get(i) {
+            let due = r.swap(FAILED, Ordering::AcqRel);
+            self.outstanding.fetch_sub(u64::from(due), Ordering::AcqRel);
+        }
+    }
+
     fn delivered(&self, correlation_id: &str, at: Instant, h: &mut Histogram<u64>) {
         let mut parts = correlation_id.split(':');
         let (Some("e2e"), Some(seq), Some(ns)) = (parts.next(), parts.next(), parts.next()) else {
@@ -166,7 +191,11 @@ pub(crate) async fn run(
     let (opened, open_time) =
         streams::open_all(&consumer.url(), &specs, plan.max_batch, 32).await?;
 
-    let events = (plan.rate * (plan.warmup + plan.e2e).as_secs_f64()).round() as usize;
+    let events = ((plan.rate / plan.e2e_batch.max(1) as f64
+        * (plan.warmup + plan.e2e).as_secs_f64())
+    .round() as usize
+        + 1)
+        * plan.e2e_batch.max(1) as usize;
     let started = Instant::now();
     let tracker = Arc::new(Tracker {
         started,
@@ -202,43 +231,60 @@ pub(crate) async fn run(
         .await
         .unwrap_or_default();
     let sampling = CancellationToken::new();
-    let sampler = tokio::spawn(sample_wire(kafka_port, sampling.clone()));
+    let owners = probe::Owners::new(vec![producer.pid(), consumer.pid()]);
+    let sampler = tokio::spawn(sample_wire(kafka_port, owners, sampling.clone()));
     let channels = client::channels(&producer.url(), plan.connections).await?;
     let publish = Arc::new(Outcomes::default());
     let window = Window::starting_now(plan.warmup, plan.e2e);
+    let per_call = plan.e2e_batch.max(1);
     let task = {
         let (pool, publish, tracker) = (pool.clone(), publish.clone(), tracker.clone());
-        move |seq: u64, scheduled: Instant| {
-            let mut client = PublisherClient::new(channels[seq as usize % channels.len()].clone());
+        let gap_ns = 1e9 / plan.rate;
+        move |call: u64, sent: Instant| {
+            let mut client = PublisherClient::new(channels[call as usize % channels.len()].clone());
             let (pool, publish, tracker) = (pool.clone(), publish.clone(), tracker.clone());
             async move {
-                let i = seq as usize;
-                let template = &pool.template(seq).event;
-                let mut areas = template.areas.clone();
-                areas.sort();
-                areas.dedup();
-                let due = national + areas.len() as u32;
-                let ns = scheduled
-                    .saturating_duration_since(tracker.started)
-                    .as_nanos() as u64;
-                if let (Some(r), Some(s)) = (tracker.remaining.get(i), tracker.scheduled.get(i)) {
-                    s.store(ns, Ordering::Relaxed);
-                    r.store(due, Ordering::Release);
-                    tracker
-                        .outstanding
-                        .fetch_add(u64::from(due), Ordering::AcqRel);
+                // The call carries the events scheduled since the previous one: event j of
+                // n was due (n - 1 - j) gaps before the call, and its latency counts from
+                // then, so the time it waited to be batched is in the figure.
+                let sent_ns = sent.saturating_duration_since(tracker.started).as_nanos() as u64;
+                let seqs: Vec<(u64, u64)> = (0..per_call)
+                    .map(|j| {
+                        let early = ((per_call - 1 - j) as f64 * gap_ns) as u64;
+                        (call * per_call + j, sent_ns.saturating_sub(early))
+                    })
+                    .collect();
+                for &(seq, ns) in &seqs {
+                    let template = &pool.template(seq).event;
+                    tracker.due(seq as usize, ns, national + distinct(&template.areas));
                 }
-                let payload = template.data.len() as u64;
-                let correlation = format!("e2e:{seq}:{ns}");
-                if crate::unary::publish(&mut client, &pool, seq, correlation, &publish).await {
-                    publish.ok(&window, Instant::now(), 1);
-                    tracker.payload_bytes.fetch_add(payload, Ordering::Relaxed);
-                } else if let Some(r) = tracker.remaining.get(i) {
-                    // Not acknowledged: nothing is due for it, though Kafka may have it.
-                    let due = r.swap(FAILED, Ordering::AcqRel);
-                    tracker
-                        .outstanding
-                        .fetch_sub(u64::from(due), Ordering::AcqRel);
+                let accepted = if per_call == 1 {
+                    let (seq, ns) = seqs[0];
+                    let ok = crate::unary::publish(
+                        &mut client,
+                        &pool,
+                        seq,
+                        format!("e2e:{seq}:{ns}"),
+                        &publish,
+                    )
+                    .await;
+                    vec![ok]
+                } else {
+                    let events = seqs
+                        .iter()
+                        .map(|&(seq, ns)| (seq, format!("e2e:{seq}:{ns}")));
+                    crate::stream::publish_batch(&mut client, &pool, events, &publish).await
+                };
+                let now = Instant::now();
+                for (&(seq, _), ok) in seqs.iter().zip(accepted) {
+                    if ok {
+                        publish.ok(&window, now, 1);
+                        let payload = pool.template(seq).event.data.len() as u64;
+                        tracker.payload_bytes.fetch_add(payload, Ordering::Relaxed);
+                    } else {
+                        // Not acknowledged: nothing is due for it, though Kafka may have it.
+                        tracker.failed(seq as usize);
+                    }
                 }
             }
         }
@@ -248,7 +294,8 @@ pub(crate) async fn run(
         plan.rate,
         specs.len()
     );
-    let published = load::open_loop(plan.rate, plan.warmup + plan.e2e, task).await?;
+    let calls = load::open_loop(plan.rate / per_call as f64, plan.warmup + plan.e2e, task).await?;
+    let published = calls * per_call;
 
     // Drain: wait for the deliveries still due, up to the limit.
     let drain_started = Instant::now();
@@ -337,19 +384,20 @@ pub(crate) async fn run(
 /// Samples every connection to the broker every 250 ms until `stop`.
 async fn sample_wire(
     kafka_port: u16,
+    mut owners: probe::Owners,
     stop: CancellationToken,
 ) -> anyhow::Result<probe::WireTracker> {
     let mut tracker = probe::WireTracker::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tracker.add(&probe::kafka_bytes(kafka_port).await?);
+        tracker.add(&probe::kafka_bytes(kafka_port, &mut owners).await?);
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
     }
     // One last sample, at the cut-off.
-    tracker.add(&probe::kafka_bytes(kafka_port).await?);
+    tracker.add(&probe::kafka_bytes(kafka_port, &mut owners).await?);
     Ok(tracker)
 }

@@ -100,6 +100,12 @@ struct Args {
     /// subscriber would; 1 takes every delivery in its own message.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_batch: u32,
+    /// Events per publish call in the fan-out phase: 1 publishes each with unary Publish at
+    /// its scheduled instant; N > 1 sends the N events scheduled since the last call as one
+    /// PublishBatch, as a busy department system would, and their latency still counts
+    /// from each event's own scheduled instant.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    e2e_batch: u64,
     /// First local port to try for the services' gRPC and metrics listeners.
     #[arg(long, value_name = "PORT", default_value_t = 21050)]
     port_base: u16,
@@ -179,6 +185,9 @@ pub(crate) struct Plan {
     pub(crate) streams: usize,
     /// Deliveries per message each subscription asks for.
     pub(crate) max_batch: u32,
+    /// Events per publish call in the fan-out phase: 1 is unary `Publish`, more is one
+    /// `PublishBatch` of the events scheduled since the last call.
+    pub(crate) e2e_batch: u64,
 }
 
 impl Plan {
@@ -203,6 +212,7 @@ impl Plan {
             national: 20,
             streams: 2000,
             max_batch: 256,
+            e2e_batch: 1,
         }
     }
 }
@@ -223,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
     let mut plan = Plan::new(args.quick, args.phase_secs);
     plan.rate = args.rate;
     plan.max_batch = args.max_batch;
+    plan.e2e_batch = args.e2e_batch;
     let wanted = |p: Phase| args.only.is_empty() || args.only.contains(&p);
     let started = Instant::now();
     let run_id = format!(

@@ -12,6 +12,7 @@ use std::{
 use crier_proto::v1::{
     PublishBatchRequest, publish_result::Outcome, publisher_client::PublisherClient,
 };
+use tonic::transport::Channel;
 
 use crate::{
     Plan, client,
@@ -67,4 +68,48 @@ pub(crate) async fn run(url: &str, plan: &Plan, pool: &Pool) -> anyhow::Result<f
     }
     eprintln!("bench: stream publish: {}", outcomes.summary());
     Ok(window.per_second(outcomes.counted.load(Ordering::Relaxed)))
+}
+
+/// Sends one `PublishBatch` of `events` (sequence number and correlation id each); returns,
+/// in order, whether Crier accepted each as new. Errors are counted in `outcomes`.
+pub(crate) async fn publish_batch(
+    client: &mut PublisherClient<Channel>,
+    pool: &Pool,
+    events: impl Iterator<Item = (u64, String)>,
+    outcomes: &Outcomes,
+) -> Vec<bool> {
+    let events: Vec<_> = events.map(|(seq, id)| pool.event(seq, id)).collect();
+    let n = events.len();
+    let mut request = tonic::Request::new(PublishBatchRequest { events });
+    request.set_timeout(crate::unary::CALL_TIMEOUT);
+    match client.publish_batch(request).await {
+        Ok(response) => response
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|result| match result.outcome {
+                Some(Outcome::Accepted(a)) if a.duplicate => {
+                    outcomes.duplicates.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Some(Outcome::Accepted(_)) => true,
+                Some(Outcome::Error(e)) => {
+                    outcomes.error(1, || format!("{}: {}", e.code, e.message));
+                    false
+                }
+                None => {
+                    outcomes.error(1, || "result without outcome".into());
+                    false
+                }
+            })
+            .chain(std::iter::repeat(false))
+            .take(n)
+            .collect(),
+        Err(status) => {
+            outcomes.error(n as u64, || {
+                format!("{:?}: {}", status.code(), status.message())
+            });
+            vec![false; n]
+        }
+    }
 }

@@ -21,7 +21,7 @@ use crate::{
 
 /// Longest a publish may take before the benchmark gives up on it (the producer's own
 /// Kafka delivery timeout is 10 s).
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Sends one event; `Ok(true)` when Crier accepted it as new.
 pub(crate) async fn publish(
