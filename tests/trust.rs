@@ -602,7 +602,7 @@ async fn the_subject_query_returns_exactly_the_deliveries_made_and_tampering_is_
                 .filter(|r| r.entry.action == Some(action))
                 .map(|r| match action {
                     crier_audit::Action::Ack => r.entry.detail.split(' ').count(),
-                    _ => r.entry.events.len(),
+                    _ => r.entry.named(),
                 })
                 .sum()
         };
@@ -632,6 +632,23 @@ async fn the_subject_query_returns_exactly_the_deliveries_made_and_tampering_is_
         "each stream's two positions, once each: {acked:?}"
     );
 
+    // The event both areas received is described once, by whichever stream sent it first;
+    // the other names it by position, and the subject query finds both deliveries.
+    let described_in_full = trail
+        .iter()
+        .flat_map(|r| &r.entry.events)
+        .filter(|e| e.event_id == a_both.id)
+        .count();
+    let by_position: usize = trail
+        .iter()
+        .flat_map(|r| &r.entry.delivered)
+        .map(|d| d.positions.len())
+        .sum();
+    assert_eq!(
+        (described_in_full, by_position),
+        (2, 1),
+        "the publish and one delivery describe it"
+    );
     let mut about_a: Vec<(String, String)> = crier_audit::chain::deliveries_about(&trail, "psn:A")
         .iter()
         .map(|r| (r.record.entry.actor.clone(), r.event_id.to_owned()))

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::record::{Action, AuditRecord, GENESIS};
+use crate::record::{Action, AuditRecord, EventRef, GENESIS};
 
 /// The first broken link found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,15 +84,25 @@ pub struct Receipt<'a> {
 }
 
 /// Every delivery of an event about `subject`: which organisation's system received it,
-/// when, and under which agreements. Reads both record forms: one event per record (the
-/// entry's own fields) and several (its `events`).
+/// when, and under which agreements, in trail order. Reads every record form: one event per
+/// record (the entry's own fields), several described (its `events`), and several named by
+/// position (its `delivered`), which are looked up among the events the same chain's
+/// delivery records describe.
 pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<Receipt<'a>> {
+    let deliveries = || {
+        records
+            .iter()
+            .filter(|r| r.entry.action == Some(Action::Deliver))
+    };
+    let described: HashMap<(&str, &str), &EventRef> = deliveries()
+        .flat_map(|r| r.entry.events.iter().map(move |d| (r.chain.as_str(), d)))
+        .filter(|(_, d)| d.subject == subject)
+        .map(|(chain, d)| ((chain, d.position.as_str()), d))
+        .collect();
+    let described = &described;
     let mut found = Vec::new();
-    for record in records {
+    for record in deliveries() {
         let e = &record.entry;
-        if e.action != Some(Action::Deliver) {
-            continue;
-        }
         if e.subject == subject {
             found.push(Receipt {
                 record,
@@ -101,15 +111,22 @@ pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<Re
                 agreements: &e.agreements,
             });
         }
+        let by_position = e.delivered.iter().flat_map(|group| {
+            group.positions.iter().filter_map(move |p| {
+                let d = described.get(&(record.chain.as_str(), p.as_str()))?;
+                Some((*d, group.agreements.as_slice()))
+            })
+        });
+        let in_full = e.events.iter().filter(|d| d.subject == subject);
         found.extend(
-            e.events
-                .iter()
-                .filter(|d| d.subject == subject)
-                .map(|d| Receipt {
+            in_full
+                .map(|d| (d, d.agreements.as_slice()))
+                .chain(by_position)
+                .map(|(d, agreements)| Receipt {
                     record,
                     event_id: &d.event_id,
                     event_type: &d.event_type,
-                    agreements: &d.agreements,
+                    agreements,
                 }),
         );
     }
@@ -226,6 +243,71 @@ mod tests {
                 .map(|r| (r.event_id, r.agreements[0].as_str()))
                 .collect::<Vec<_>>(),
             [("a", "dsa-a"), ("c", "dsa-c")]
+        );
+    }
+
+    #[test]
+    fn the_subject_query_finds_deliveries_named_by_position_in_the_same_chain_only() {
+        let event = |id: &str, subject: &str, position: &str| crate::EventRef {
+            event_id: id.into(),
+            event_type: "t".into(),
+            subject: subject.into(),
+            agreements: vec!["dsa-first".into()],
+            position: position.into(),
+        };
+        let by_position = |agreement: &str, positions: &[&str]| crate::Delivered {
+            agreements: vec![agreement.into()],
+            positions: positions.iter().map(|p| p.to_string()).collect(),
+        };
+        let deliver = |actor: &str, events, delivered| Entry {
+            action: Some(Action::Deliver),
+            actor: actor.into(),
+            events,
+            delivered,
+            ..Default::default()
+        };
+        let (mut c1, mut c2) = (Chain::new("c1".into()), Chain::new("c2".into()));
+        let t = vec![
+            // Named by position before the record that describes it.
+            c1.next(deliver(
+                "early",
+                vec![],
+                vec![by_position("dsa-e", &["0:7"])],
+            )),
+            c1.next(deliver(
+                "first",
+                vec![event("a", "psn:1", "0:7"), event("b", "psn:2", "0:8")],
+                vec![],
+            )),
+            c1.next(deliver(
+                "later",
+                vec![],
+                vec![by_position("dsa-l", &["0:8", "0:7"])],
+            )),
+            // Another instance's chain: the same position is not its event.
+            c2.next(deliver(
+                "elsewhere",
+                vec![],
+                vec![by_position("dsa-x", &["0:7"])],
+            )),
+        ];
+        assert_eq!(verify(&t).map(|s| s.records), Ok(4));
+        assert_eq!(t[2].entry.named(), 2);
+        let found = deliveries_about(&t, "psn:1");
+        assert_eq!(
+            found
+                .iter()
+                .map(|r| (
+                    r.record.entry.actor.as_str(),
+                    r.event_id,
+                    r.agreements[0].as_str()
+                ))
+                .collect::<Vec<_>>(),
+            [
+                ("early", "a", "dsa-e"),
+                ("first", "a", "dsa-first"),
+                ("later", "a", "dsa-l")
+            ]
         );
     }
 }

@@ -17,5 +17,5 @@ pub mod reader;
 pub mod record;
 pub mod writer;
 
-pub use record::{Action, AuditRecord, Entry, EventRef};
+pub use record::{Action, AuditRecord, Delivered, Entry, EventRef};
 pub use writer::Auditor;

@@ -41,6 +41,38 @@ pub struct Entry {
     /// record a batch. (Records written before this field named their one event above.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventRef>,
+    /// For a delivery: events sent that are described in full (in `events`) by an earlier
+    /// or later delivery record of the same chain, named here by position only, grouped by
+    /// the agreements they were sent under. A consumer instance describes each event once,
+    /// with its first delivery, rather than once per stream: at full fan-out an event
+    /// reaches about 21 streams, and its description repeated was most of the trail's
+    /// bytes and of the consumer's and Kafka's cost of it (PERFORMANCE.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered: Vec<Delivered>,
+}
+
+impl Entry {
+    /// How many events the record names: described in `events` or by position in
+    /// `delivered`.
+    pub fn named(&self) -> usize {
+        self.events.len()
+            + self
+                .delivered
+                .iter()
+                .map(|d| d.positions.len())
+                .sum::<usize>()
+    }
+}
+
+/// Events delivered under the same agreements, by position (`<partition>:<offset>`). What
+/// each one is and whom it is about is in the `events` of a delivery record of the same
+/// chain with the same position.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The agreements they were delivered under.
+    pub agreements: Vec<String>,
+    /// Where Kafka holds each, as a subscriber's `ack_id`.
+    pub positions: Vec<String>,
 }
 
 /// One event published or delivered: what it was, whom it was about, and why it was

@@ -20,7 +20,7 @@ use std::{
 };
 
 use crier_agreements::reload::PolicyHandle;
-use crier_audit::{Action, Auditor, Entry, EventRef};
+use crier_audit::{Action, Auditor, Delivered, Entry, EventRef};
 use crier_identity::Identity;
 use crier_kafka::KafkaConfig;
 use crier_proto::{
@@ -104,8 +104,47 @@ pub struct Session {
     outbox: Deliveries,
     /// What this stream has sent and had acknowledged since it last audited (see
     /// [`Session::audit_pending`]).
-    receipts: Vec<EventRef>,
+    receipts: Receipts,
     acked_ids: Vec<String>,
+}
+
+/// The deliveries a stream's next audit record names: in full the events this stream was
+/// the first of its instance to send (`Record::describe`), by position the others.
+#[derive(Debug, Default)]
+struct Receipts {
+    events: Vec<EventRef>,
+    delivered: Vec<Delivered>,
+    len: usize,
+}
+
+impl Receipts {
+    /// Adds a delivery at `position` under `agreements`; `described` is its event when this
+    /// delivery describes it.
+    fn add(
+        &mut self,
+        described: Option<&crier_proto::v1::Event>,
+        agreements: Vec<String>,
+        position: String,
+    ) {
+        self.len += 1;
+        if let Some(event) = described {
+            self.events.push(EventRef {
+                event_id: event.id.clone(),
+                event_type: event.r#type.clone(),
+                subject: event.subject.clone(),
+                agreements,
+                position,
+            });
+            return;
+        }
+        match self.delivered.last_mut() {
+            Some(group) if group.agreements == agreements => group.positions.push(position),
+            _ => self.delivered.push(Delivered {
+                agreements,
+                positions: vec![position],
+            }),
+        }
+    }
 }
 
 /// How much a stream may have outstanding and in one message.
@@ -195,7 +234,7 @@ impl Session {
             save_not_before: None,
             pending: None,
             outbox: Deliveries::default(),
-            receipts: Vec::new(),
+            receipts: Receipts::default(),
             acked_ids: Vec::new(),
         }
     }
@@ -504,13 +543,8 @@ impl Session {
             offset: rec.offset,
         };
         self.outbox.push(&encoded, at, &ack_id);
-        self.receipts.push(EventRef {
-            event_id: event.id.clone(),
-            event_type: event.r#type.clone(),
-            subject: event.subject.clone(),
-            agreements: entitled.agreements,
-            position: ack_id,
-        });
+        self.receipts
+            .add(rec.describe().then_some(event), entitled.agreements, ack_id);
         self.unacked.entry(p).or_default().insert(rec.offset);
         self.in_flight += 1;
     }
@@ -526,7 +560,7 @@ impl Session {
             return Step::Continue;
         }
         let n = self.outbox.len();
-        if self.receipts.len() >= MAX_PER_AUDIT_RECORD {
+        if self.receipts.len >= MAX_PER_AUDIT_RECORD {
             self.audit_pending().await;
         }
         metrics::counter!("crier_deliveries_total").increment(n as u64);
@@ -552,11 +586,14 @@ impl Session {
     /// full fan-out, and most of the audit trail's cost (PERFORMANCE.md); the trail says
     /// the same, to the cursor flush interval.
     async fn audit_pending(&mut self) {
-        if !self.receipts.is_empty() {
-            let events = std::mem::take(&mut self.receipts);
+        if self.receipts.len > 0 {
+            let Receipts {
+                events, delivered, ..
+            } = std::mem::take(&mut self.receipts);
             self.audit(Entry {
                 action: Some(Action::Deliver),
                 events,
+                delivered,
                 ..Default::default()
             })
             .await;
