@@ -100,12 +100,18 @@ struct Args {
     /// subscriber would; 1 takes every delivery in its own message.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_batch: u32,
-    /// Events per publish call in the fan-out phase: 1 publishes each with unary Publish at
-    /// its scheduled instant; N > 1 sends the N events scheduled since the last call as one
-    /// PublishBatch, as a busy department system would, and their latency still counts
-    /// from each event's own scheduled instant.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
-    e2e_batch: u64,
+    /// Unacknowledged deliveries each subscription asks to be allowed (`Open.max_in_flight`;
+    /// the server's default is 256 and its limit 10,000). A national stream receives every
+    /// event, 5,000 a second: 256 in flight is 51 ms of them, so with the default window the
+    /// acknowledgement round trip, not Crier, would set the pace.
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    max_in_flight: u32,
+    /// How long the fan-out phase's publisher gathers events into one PublishBatch, as a
+    /// department system publishing thousands a second would (2 ms: 10 events at
+    /// 5,000/s); each event's latency still counts from its own scheduled instant, so the
+    /// wait is in the figure. 0 publishes each event with unary Publish.
+    #[arg(long, value_name = "MS", default_value_t = 2)]
+    e2e_batch_ms: u64,
     /// First local port to try for the services' gRPC and metrics listeners.
     #[arg(long, value_name = "PORT", default_value_t = 21050)]
     port_base: u16,
@@ -185,9 +191,11 @@ pub(crate) struct Plan {
     pub(crate) streams: usize,
     /// Deliveries per message each subscription asks for.
     pub(crate) max_batch: u32,
-    /// Events per publish call in the fan-out phase: 1 is unary `Publish`, more is one
-    /// `PublishBatch` of the events scheduled since the last call.
-    pub(crate) e2e_batch: u64,
+    /// Unacknowledged deliveries each subscription asks to be allowed.
+    pub(crate) max_in_flight: u32,
+    /// How long the fan-out phase's publisher gathers scheduled events into one
+    /// `PublishBatch`; zero publishes each with unary `Publish`.
+    pub(crate) e2e_batch: Duration,
 }
 
 impl Plan {
@@ -212,7 +220,8 @@ impl Plan {
             national: 20,
             streams: 2000,
             max_batch: 256,
-            e2e_batch: 1,
+            max_in_flight: 8192,
+            e2e_batch: Duration::from_millis(2),
         }
     }
 }
@@ -233,7 +242,8 @@ async fn main() -> anyhow::Result<()> {
     let mut plan = Plan::new(args.quick, args.phase_secs);
     plan.rate = args.rate;
     plan.max_batch = args.max_batch;
-    plan.e2e_batch = args.e2e_batch;
+    plan.max_in_flight = args.max_in_flight;
+    plan.e2e_batch = Duration::from_millis(args.e2e_batch_ms);
     let wanted = |p: Phase| args.only.is_empty() || args.only.contains(&p);
     let started = Instant::now();
     let run_id = format!(
@@ -421,6 +431,10 @@ async fn main() -> anyhow::Result<()> {
             notes.push("read_amplification falls back to Crier's own counter".into());
             Some(r.read_amplification_counter)
         });
+        notes.push(format!(
+            "e2e: {}; streams opened with max_batch {} and max_in_flight {}",
+            r.publishing, plan.max_batch, plan.max_in_flight
+        ));
         notes.push(format!(
             "e2e: {} subscriptions opened in {:.1}s; {} events published ({}); {} deliveries \
              of {} due, {} undelivered after a {:.1}s drain (recorded at the cut-off), {} \

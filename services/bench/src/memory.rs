@@ -80,8 +80,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<Memory> {
     let specs = specs(areas, plan.streams, run_id);
     eprintln!("bench: memory: opening {} streams", specs.len());
-    let (opened, open_time) =
-        streams::open_all(&consumer.url(), &specs, plan.max_batch, 32).await?;
+    let (opened, open_time) = streams::open_all(&consumer.url(), &specs, plan, 32).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_open_mb = consumer.rss_mb()?;
     eprintln!(

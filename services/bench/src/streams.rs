@@ -60,13 +60,13 @@ pub(crate) struct StreamStats {
     pub(crate) first_end: std::sync::Mutex<Option<String>>,
 }
 
-/// Opens every subscription in `specs` (new subscriptions, starting from now, taking up to
-/// `max_batch` deliveries a message), with one connection per distinct `org`, `concurrency`
-/// opens at a time. Returns the streams in `specs` order and how long opening took.
+/// Opens every subscription in `specs` (new subscriptions, starting from now, with the
+/// plan's `max_batch` and `max_in_flight`), with one connection per distinct `org`,
+/// `concurrency` opens at a time. Returns the streams in `specs` order and how long opening took.
 pub(crate) async fn open_all(
     url: &str,
     specs: &[Spec],
-    max_batch: u32,
+    plan: &crate::Plan,
     concurrency: usize,
 ) -> anyhow::Result<(Vec<OpenStream>, Duration)> {
     let orgs = specs.iter().map(|s| s.org).max().map_or(0, |m| m + 1);
@@ -79,7 +79,7 @@ pub(crate) async fn open_all(
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     let opened: Vec<OpenStream> = stream::iter(specs.iter().cloned())
-        .map(|spec| open(channels[spec.org].clone(), spec, max_batch))
+        .map(|spec| open(channels[spec.org].clone(), spec, plan))
         .buffered(concurrency)
         .collect::<Vec<_>>()
         .await
@@ -88,7 +88,7 @@ pub(crate) async fn open_all(
     Ok((opened, started.elapsed()))
 }
 
-async fn open(channel: Channel, spec: Spec, max_batch: u32) -> anyhow::Result<OpenStream> {
+async fn open(channel: Channel, spec: Spec, plan: &crate::Plan) -> anyhow::Result<OpenStream> {
     let (acks, rx) = mpsc::channel(16);
     acks.send(SubscribeRequest {
         request: Some(ClientMsg::Open(Open {
@@ -97,8 +97,8 @@ async fn open(channel: Channel, spec: Spec, max_batch: u32) -> anyhow::Result<Op
             start: Some(StartFrom {
                 from: Some(start_from::From::Resume(start_from::Resume {})),
             }),
-            max_in_flight: 0,
-            max_batch,
+            max_in_flight: plan.max_in_flight,
+            max_batch: plan.max_batch,
         })),
     })
     .await?;
