@@ -111,6 +111,60 @@ impl Outcomes {
     }
 }
 
+/// The slowest latency in each second of a schedule: whether a tail is one stall (a few
+/// bad seconds) or steady queueing (every second alike), which percentiles cannot tell.
+#[derive(Debug)]
+pub(crate) struct Seconds {
+    start: Instant,
+    max_us: Vec<AtomicU64>,
+}
+
+impl Seconds {
+    /// Seconds from `start` for `duration`.
+    pub(crate) fn new(start: Instant, duration: Duration) -> Self {
+        let n = duration.as_secs_f64().ceil() as usize;
+        Self {
+            start,
+            max_us: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Something scheduled at `scheduled` took `latency`.
+    pub(crate) fn record(&self, scheduled: Instant, latency: Duration) {
+        let second = scheduled.saturating_duration_since(self.start).as_secs() as usize;
+        if let Some(max) = self.max_us.get(second) {
+            max.fetch_max(latency.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// "slowest per second: median M ms, worst W ms (second S), N of T seconds above 50 ms".
+    pub(crate) fn summary(&self) -> String {
+        let maxes: Vec<u64> = self
+            .max_us
+            .iter()
+            .map(|m| m.load(Ordering::Relaxed))
+            .collect();
+        let mut sorted = maxes.clone();
+        sorted.sort_unstable();
+        let Some(&median) = sorted.get(sorted.len() / 2) else {
+            return "no seconds measured".into();
+        };
+        let (worst_at, worst) = maxes
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, m)| **m)
+            .map_or((0, 0), |(i, m)| (i, *m));
+        format!(
+            "slowest in each second of the schedule: median {:.1} ms, worst {:.1} ms (second \
+             {worst_at}), {} of {} seconds above 50 ms",
+            median as f64 / 1000.0,
+            worst as f64 / 1000.0,
+            maxes.iter().filter(|m| **m > 50_000).count(),
+            maxes.len()
+        )
+    }
+}
+
 /// A latency histogram in microseconds, 1 µs to 10 minutes, 3 significant digits.
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {

@@ -393,16 +393,17 @@ async fn main() -> anyhow::Result<()> {
     if wanted(Phase::Latency) {
         phase("latency", &plan.latency);
         let cpu = Cpu::sample(&publish_procs);
-        let (h, outcomes) = unary::latency(&producer.url(), &plan, &pool).await?;
+        let (h, seconds, outcomes) = unary::latency(&producer.url(), &plan, &pool).await?;
         let cpu = cpu.note(&Cpu::sample(&publish_procs));
         figures.unary_p50_ms = load::percentile_ms(&h, 50.0);
         figures.unary_p99_ms = load::percentile_ms(&h, 99.0);
         notes.push(format!(
-            "unary latency at {}/s: {} samples, p99.9 {:.2} ms, max {:.2} ms; {}; {cpu}",
+            "unary latency at {}/s: {} samples, p99.9 {:.2} ms, max {:.2} ms; {}; {}; {cpu}",
             plan.rate,
             h.len(),
             load::percentile_ms(&h, 99.9).unwrap_or(f64::NAN),
             h.max() as f64 / 1000.0,
+            seconds.summary(),
             outcomes.summary()
         ));
     }

@@ -76,26 +76,39 @@ pub(crate) async fn throughput(url: &str, plan: &Plan, pool: &Pool) -> anyhow::R
 }
 
 /// Open loop at `plan.rate` for warm-up plus `plan.latency`; returns the histogram of
-/// accepted publishes started after the warm-up, and the outcomes.
+/// accepted publishes started after the warm-up, the slowest of each second, and the
+/// outcomes.
 pub(crate) async fn latency(
     url: &str,
     plan: &Plan,
     pool: &Pool,
-) -> anyhow::Result<(Histogram<u64>, Arc<Outcomes>)> {
+) -> anyhow::Result<(Histogram<u64>, Arc<load::Seconds>, Arc<Outcomes>)> {
     let channels = client::channels(url, plan.connections).await?;
     let outcomes = Arc::new(Outcomes::default());
     let histogram = Arc::new(Mutex::new(load::histogram()));
     let window = Window::starting_now(plan.warmup, plan.latency);
+    let seconds = Arc::new(load::Seconds::new(window.measure_from, plan.latency));
     let task = {
-        let (pool, outcomes, histogram) = (pool.clone(), outcomes.clone(), histogram.clone());
+        let (pool, outcomes, histogram, seconds) = (
+            pool.clone(),
+            outcomes.clone(),
+            histogram.clone(),
+            seconds.clone(),
+        );
         move |seq: u64, scheduled: Instant| {
             let mut client = PublisherClient::new(channels[seq as usize % channels.len()].clone());
-            let (pool, outcomes, histogram) = (pool.clone(), outcomes.clone(), histogram.clone());
+            let (pool, outcomes, histogram, seconds) = (
+                pool.clone(),
+                outcomes.clone(),
+                histogram.clone(),
+                seconds.clone(),
+            );
             async move {
                 if publish(&mut client, &pool, seq, String::new(), &outcomes).await {
                     let done = Instant::now();
                     outcomes.ok(&window, done, 1);
                     if scheduled >= window.measure_from {
+                        seconds.record(scheduled, done - scheduled);
                         let mut h = histogram.lock().unwrap_or_else(|p| p.into_inner());
                         load::record(&mut h, done - scheduled);
                     }
@@ -106,5 +119,5 @@ pub(crate) async fn latency(
     load::open_loop(plan.rate, plan.warmup + plan.latency, task).await?;
     eprintln!("bench: unary latency: {}", outcomes.summary());
     let histogram = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok((histogram, outcomes))
+    Ok((histogram, seconds, outcomes))
 }
