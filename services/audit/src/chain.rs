@@ -83,25 +83,32 @@ pub struct Receipt<'a> {
     pub agreements: &'a [String],
 }
 
+/// What each chain says it read or delivered in full, by position: the `events` of its
+/// `Read` records and of its delivery records.
+fn descriptions(records: &[AuditRecord]) -> impl Iterator<Item = (&str, &EventRef)> {
+    records
+        .iter()
+        .filter(|r| matches!(r.entry.action, Some(Action::Read | Action::Deliver)))
+        .flat_map(|r| r.entry.events.iter().map(move |d| (r.chain.as_str(), d)))
+}
+
 /// Every delivery of an event about `subject`: which organisation's system received it,
 /// when, and under which agreements, in trail order. Reads every record form: one event per
 /// record (the entry's own fields), several described (its `events`), and several named by
-/// position (its `delivered`), which are looked up among the events the same chain's
-/// delivery records describe.
+/// position (its `delivered`), which are looked up among the events the same chain
+/// described. A delivery whose position the chain never described is not found here; see
+/// [`unattributed`].
 pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<Receipt<'a>> {
-    let deliveries = || {
-        records
-            .iter()
-            .filter(|r| r.entry.action == Some(Action::Deliver))
-    };
-    let described: HashMap<(&str, &str), &EventRef> = deliveries()
-        .flat_map(|r| r.entry.events.iter().map(move |d| (r.chain.as_str(), d)))
+    let described: HashMap<(&str, &str), &EventRef> = descriptions(records)
         .filter(|(_, d)| d.subject == subject)
         .map(|(chain, d)| ((chain, d.position.as_str()), d))
         .collect();
     let described = &described;
     let mut found = Vec::new();
-    for record in deliveries() {
+    for record in records
+        .iter()
+        .filter(|r| r.entry.action == Some(Action::Deliver))
+    {
         let e = &record.entry;
         if e.subject == subject {
             found.push(Receipt {
@@ -131,6 +138,29 @@ pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<Re
         );
     }
     found
+}
+
+/// How many deliveries the trail names by a position its chain never described, so that
+/// [`deliveries_about`] cannot say whom they were about. Zero in an intact, complete trail:
+/// an instance writes the `Read` record of a batch before any stream can deliver from it.
+/// Above zero, a `Read` record is missing (its chain then fails [`verify`] too) or the
+/// trail was read only in part.
+pub fn unattributed(records: &[AuditRecord]) -> usize {
+    let described: std::collections::HashSet<(&str, &str)> = descriptions(records)
+        .map(|(chain, d)| (chain, d.position.as_str()))
+        .collect();
+    records
+        .iter()
+        .filter(|r| r.entry.action == Some(Action::Deliver))
+        .flat_map(|r| {
+            r.entry
+                .delivered
+                .iter()
+                .flat_map(|g| &g.positions)
+                .map(move |p| (r.chain.as_str(), p.as_str()))
+        })
+        .filter(|key| !described.contains(key))
+        .count()
 }
 
 #[cfg(test)]
@@ -252,40 +282,40 @@ mod tests {
             event_id: id.into(),
             event_type: "t".into(),
             subject: subject.into(),
-            agreements: vec!["dsa-first".into()],
             position: position.into(),
+            ..Default::default()
         };
         let by_position = |agreement: &str, positions: &[&str]| crate::Delivered {
             agreements: vec![agreement.into()],
             positions: positions.iter().map(|p| p.to_string()).collect(),
         };
-        let deliver = |actor: &str, events, delivered| Entry {
-            action: Some(Action::Deliver),
+        let entry = |action, actor: &str, events, delivered| Entry {
+            action: Some(action),
             actor: actor.into(),
             events,
             delivered,
             ..Default::default()
         };
         let (mut c1, mut c2) = (Chain::new("c1".into()), Chain::new("c2".into()));
+        let read = vec![event("a", "psn:1", "0:7"), event("b", "psn:2", "0:8")];
         let t = vec![
-            // Named by position before the record that describes it.
-            c1.next(deliver(
-                "early",
+            c1.next(entry(Action::Read, "", read, vec![])),
+            c1.next(entry(
+                Action::Deliver,
+                "one",
                 vec![],
-                vec![by_position("dsa-e", &["0:7"])],
+                vec![by_position("dsa-1", &["0:7"])],
             )),
-            c1.next(deliver(
-                "first",
-                vec![event("a", "psn:1", "0:7"), event("b", "psn:2", "0:8")],
+            c1.next(entry(
+                Action::Deliver,
+                "two",
                 vec![],
+                vec![by_position("dsa-2", &["0:8", "0:7"])],
             )),
-            c1.next(deliver(
-                "later",
-                vec![],
-                vec![by_position("dsa-l", &["0:8", "0:7"])],
-            )),
-            // Another instance's chain: the same position is not its event.
-            c2.next(deliver(
+            // Another instance's chain: the same position is not its event, and it never
+            // described it.
+            c2.next(entry(
+                Action::Deliver,
                 "elsewhere",
                 vec![],
                 vec![by_position("dsa-x", &["0:7"])],
@@ -303,11 +333,13 @@ mod tests {
                     r.agreements[0].as_str()
                 ))
                 .collect::<Vec<_>>(),
-            [
-                ("early", "a", "dsa-e"),
-                ("first", "a", "dsa-first"),
-                ("later", "a", "dsa-l")
-            ]
+            [("one", "a", "dsa-1"), ("two", "a", "dsa-2")]
         );
+        assert_eq!(
+            unattributed(&t),
+            1,
+            "c2's delivery names a position c2 never read"
+        );
+        assert_eq!(unattributed(&t[..3]), 0);
     }
 }

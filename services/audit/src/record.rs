@@ -15,6 +15,9 @@ pub enum Action {
     Ack,
     /// A request was refused by the agreements.
     Deny,
+    /// A consumer instance read these events from Kafka for its streams. Its delivery
+    /// records name them by position (`Entry::delivered`); this record says what each is.
+    Read,
 }
 
 /// What a service reports; the writer adds the chain fields.
@@ -41,12 +44,12 @@ pub struct Entry {
     /// record a batch. (Records written before this field named their one event above.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventRef>,
-    /// For a delivery: events sent that are described in full (in `events`) by an earlier
-    /// or later delivery record of the same chain, named here by position only, grouped by
-    /// the agreements they were sent under. A consumer instance describes each event once,
-    /// with its first delivery, rather than once per stream: at full fan-out an event
-    /// reaches about 21 streams, and its description repeated was most of the trail's
-    /// bytes and of the consumer's and Kafka's cost of it (PERFORMANCE.md).
+    /// For a delivery: events sent, named by position only and grouped by the agreements
+    /// they were sent under. What each is and whom it is about is in a `Read` record the
+    /// same chain wrote before it: a consumer instance describes each event its live reader
+    /// reads once, rather than once per stream that receives it. At full fan-out an event
+    /// reaches about 21 streams, and its description repeated was most of the trail's bytes
+    /// and of the consumer's and Kafka's cost of it (PERFORMANCE.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delivered: Vec<Delivered>,
 }
@@ -64,9 +67,10 @@ impl Entry {
     }
 }
 
-/// Events delivered under the same agreements, by position (`<partition>:<offset>`). What
-/// each one is and whom it is about is in the `events` of a delivery record of the same
-/// chain with the same position.
+/// Events delivered under the same agreements, by position (`<partition>:<offset>` in the
+/// events topic). What each one is and whom it is about is in the `events` of an earlier
+/// `Read` record of the same chain with the same position; a chain reads one topic for its
+/// whole life, so the position is unambiguous within it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered {
     /// The agreements they were delivered under.

@@ -13,9 +13,10 @@
 //!
 //! Latency runs from the event's *scheduled* instant, carried in its `correlation_id` as
 //! `e2e:<seq>:<nanoseconds since the phase began>`, to its arrival on each stream; one
-//! sample per delivery. An event waiting for its batch's call counts that wait. Subscribers acknowledge every delivery. Deliveries
-//! still missing when the drain time runs out are recorded at the cut-off (a lower bound)
-//! and counted, so a stalled stream cannot make the percentiles look better.
+//! sample per delivery. An event waiting for its batch's call counts that wait.
+//! Subscribers acknowledge every delivery. Deliveries still missing when the drain time runs
+//! out are recorded at the cut-off (a lower bound) and counted, so a stalled stream cannot
+//! make the percentiles look better.
 //!
 //! Read amplification compares what the consumer process received from the broker with what
 //! the producer process sent to it over the same interval, both from the kernel's TCP
@@ -104,10 +105,15 @@ fn specs(areas: &[String], national: usize, run: &str) -> Vec<Spec> {
     specs
 }
 
-/// Events in each publish call: those scheduled within `plan.e2e_batch`, at least one.
+/// Events in each publish call: those scheduled within `plan.e2e_batch`, at least one, and
+/// at most [`MAX_PER_CALL`].
 fn per_call(plan: &Plan) -> u64 {
-    ((plan.rate * plan.e2e_batch.as_secs_f64()).round() as u64).max(1)
+    ((plan.rate * plan.e2e_batch.as_secs_f64()).round() as u64).clamp(1, MAX_PER_CALL)
 }
+
+/// The most events one publish call carries: the stream phase's batch size, well under the
+/// producer's limit per `PublishBatch` (1,000).
+const MAX_PER_CALL: u64 = 500;
 
 /// Distinct areas an event names: each is one area stream due to receive it.
 fn distinct(areas: &[String]) -> u32 {
@@ -137,6 +143,7 @@ const FAILED: u32 = u32::MAX;
 impl Tracker {
     /// Event `i`, scheduled `ns` after the start, is due to `due` streams.
     fn due(&self, i: usize, ns: u64, due: u32) {
+        debug_assert!(i < self.remaining.len(), "event {i} beyond the schedule");
         if let (Some(r), Some(s)) = (self.remaining.get(i), self.scheduled.get(i)) {
             s.store(ns, Ordering::Relaxed);
             r.store(due, Ordering::Release);
@@ -202,8 +209,8 @@ pub(crate) async fn run(
     let (opened, open_time) = streams::open_all(&consumer.url(), &specs, plan, 32).await?;
 
     let per_call = per_call(plan);
-    let calls = plan.rate / per_call as f64 * (plan.warmup + plan.e2e).as_secs_f64();
-    let events = (calls.round() as usize + 1) * per_call as usize;
+    let calls = load::scheduled(plan.rate / per_call as f64, plan.warmup + plan.e2e);
+    let events = (calls * per_call) as usize;
     let started = Instant::now();
     let tracker = Arc::new(Tracker {
         started,
@@ -247,18 +254,20 @@ pub(crate) async fn run(
     let task = {
         let (pool, publish, tracker) = (pool.clone(), publish.clone(), tracker.clone());
         let gap_ns = 1e9 / plan.rate;
-        move |call: u64, sent: Instant| {
+        move |call: u64, scheduled: Instant| {
             let mut client = PublisherClient::new(channels[call as usize % channels.len()].clone());
             let (pool, publish, tracker) = (pool.clone(), publish.clone(), tracker.clone());
             async move {
                 // The call carries the events scheduled since the previous one: event j of
                 // n was due (n - 1 - j) gaps before the call, and its latency counts from
                 // then, so the time it waited to be batched is in the figure.
-                let sent_ns = sent.saturating_duration_since(tracker.started).as_nanos() as u64;
+                let call_ns = scheduled
+                    .saturating_duration_since(tracker.started)
+                    .as_nanos() as u64;
                 let seqs: Vec<(u64, u64)> = (0..per_call)
                     .map(|j| {
                         let early = ((per_call - 1 - j) as f64 * gap_ns) as u64;
-                        (call * per_call + j, sent_ns.saturating_sub(early))
+                        (call * per_call + j, call_ns.saturating_sub(early))
                     })
                     .collect();
                 for &(seq, ns) in &seqs {
@@ -301,8 +310,9 @@ pub(crate) async fn run(
         plan.rate,
         specs.len()
     );
-    let calls = load::open_loop(plan.rate / per_call as f64, plan.warmup + plan.e2e, task).await?;
-    let published = calls * per_call;
+    let started_calls =
+        load::open_loop(plan.rate / per_call as f64, plan.warmup + plan.e2e, task).await?;
+    let published = started_calls * per_call;
 
     // Drain: wait for the deliveries still due, up to the limit.
     let drain_started = Instant::now();

@@ -137,7 +137,7 @@ impl Seconds {
         }
     }
 
-    /// "slowest per second: median M ms, worst W ms (second S), N of T seconds above 50 ms".
+    /// The median and worst of the seconds' slowest, and how many seconds had one above 50 ms.
     pub(crate) fn summary(&self) -> String {
         let maxes: Vec<u64> = self
             .max_us
@@ -184,6 +184,11 @@ pub(crate) fn percentile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(q / 100.0) as f64 / 1000.0)
 }
 
+/// How many tasks [`open_loop`] starts at `rate` for `duration`.
+pub(crate) fn scheduled(rate: f64, duration: Duration) -> u64 {
+    (rate * duration.as_secs_f64()).round() as u64
+}
+
 /// Starts `task(seq, scheduled)` at `rate` per second for `duration`, each at its scheduled
 /// instant, and waits for every task to finish. Returns how many were started.
 ///
@@ -196,7 +201,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handle = tokio::runtime::Handle::current();
-    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let total = scheduled(rate, duration);
     let handles = tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         let mut handles = Vec::with_capacity(total as usize);

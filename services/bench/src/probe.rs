@@ -367,6 +367,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_socket_is_found_among_the_watched_processes_descriptors_and_others_are_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let inode = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|t| {
+                let t = t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+                t.parse::<u64>().ok()
+            })
+            .max()
+            .expect("this process holds a socket");
+        let me = std::process::id();
+        let mut watching_me = Owners::new(vec![me]);
+        assert_eq!(watching_me.of(inode), Some(me));
+        assert_eq!(watching_me.of(u64::MAX), None);
+        // Remembered as held by no watched process, rather than looked for again.
+        assert_eq!(watching_me.by_inode.get(&u64::MAX), Some(&None));
+        assert_eq!(Owners::new(vec![]).of(inode), None);
+        drop(listener);
+    }
+
+    #[test]
     fn connections_are_followed_across_samples_per_process() {
         let text = "0 0 127.0.0.1:40000 127.0.0.1:19092 ino:900 sk:1 cgroup:/ <->\n\
             \t cubic wscale:7,7 bytes_sent:300 bytes_acked:301 bytes_received:1000 segs_out:3\n\

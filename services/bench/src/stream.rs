@@ -83,28 +83,34 @@ pub(crate) async fn publish_batch(
     let mut request = tonic::Request::new(PublishBatchRequest { events });
     request.set_timeout(crate::unary::CALL_TIMEOUT);
     match client.publish_batch(request).await {
-        Ok(response) => response
-            .into_inner()
-            .results
-            .into_iter()
-            .map(|result| match result.outcome {
-                Some(Outcome::Accepted(a)) if a.duplicate => {
-                    outcomes.duplicates.fetch_add(1, Ordering::Relaxed);
-                    false
-                }
-                Some(Outcome::Accepted(_)) => true,
-                Some(Outcome::Error(e)) => {
-                    outcomes.error(1, || format!("{}: {}", e.code, e.message));
-                    false
-                }
-                None => {
-                    outcomes.error(1, || "result without outcome".into());
-                    false
-                }
-            })
-            .chain(std::iter::repeat(false))
-            .take(n)
-            .collect(),
+        Ok(response) => {
+            let results = response.into_inner().results;
+            if results.len() != n {
+                outcomes.error(n.saturating_sub(results.len()).max(1) as u64, || {
+                    format!("result count: {} results for {n} events", results.len())
+                });
+            }
+            results
+                .into_iter()
+                .map(|result| match result.outcome {
+                    Some(Outcome::Accepted(a)) if a.duplicate => {
+                        outcomes.duplicates.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                    Some(Outcome::Accepted(_)) => true,
+                    Some(Outcome::Error(e)) => {
+                        outcomes.error(1, || format!("{}: {}", e.code, e.message));
+                        false
+                    }
+                    None => {
+                        outcomes.error(1, || "result without outcome".into());
+                        false
+                    }
+                })
+                .chain(std::iter::repeat(false))
+                .take(n)
+                .collect()
+        }
         Err(status) => {
             outcomes.error(n as u64, || {
                 format!("{:?}: {}", status.code(), status.message())

@@ -79,6 +79,14 @@ pub(crate) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 );
             }
             eprintln!("{} deliveries about {subject}", found.len());
+            let unattributed = crier_audit::chain::unattributed(&records);
+            if unattributed > 0 {
+                eprintln!(
+                    "warning: {unattributed} deliveries are named by a position their chain \
+                     never described, so whom they were about is unknown here; run \
+                     `crier audit verify`"
+                );
+            }
             Ok(())
         }
     }

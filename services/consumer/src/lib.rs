@@ -80,6 +80,7 @@ pub async fn serve(
             &config.kafka,
             config.subscriptions.live_buffer,
             Duration::from_millis(config.subscriptions.live_batch_ms),
+            auditor.clone(),
             readers.clone(),
         );
         match started.await {

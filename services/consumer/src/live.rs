@@ -10,6 +10,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use crier_audit::{Action, Auditor, Entry, EventRef};
 use crier_kafka::KafkaConfig;
 use rdkafka::{
     Offset, TopicPartitionList,
@@ -59,6 +60,7 @@ impl Live {
         config: &KafkaConfig,
         buffer: usize,
         coalesce: Duration,
+        auditor: Auditor,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, KafkaError> {
         let meta: Arc<BaseConsumer> = Arc::new(config.reader().create()?);
@@ -146,6 +148,9 @@ impl Live {
                 if !batch.is_empty() {
                     metrics::counter!("crier_live_records_total").increment(batch.len() as u64);
                     metrics::counter!("crier_live_batches_total").increment(1);
+                    // Queued before any stream can deliver from the batch, so the chain
+                    // describes each event before a delivery names it by position.
+                    auditor.record(read_record(&watched.topic, &batch)).await;
                     router.dispatch(Arc::new(Batch::new(batch)));
                 }
             }
@@ -232,6 +237,30 @@ impl Live {
 /// Says so when the live reader moves past offsets it never read (retention deleted them
 /// during a long stall, or the client reset its position). Streams step over such a gap
 /// like any other above where their feed started, so this log is the only trace of it.
+/// The `Read` audit record of a live batch: what each event is, whom it is about, and
+/// where Kafka holds it, once per instance however many streams then receive it.
+fn read_record(topic: &str, batch: &[Record]) -> Entry {
+    let events = batch
+        .iter()
+        .filter_map(|rec| {
+            let event = rec.event.as_ref()?;
+            Some(EventRef {
+                event_id: event.id.clone(),
+                event_type: event.r#type.clone(),
+                subject: event.subject.clone(),
+                agreements: Vec::new(),
+                position: format!("{}:{}", rec.partition, rec.offset),
+            })
+        })
+        .collect();
+    Entry {
+        action: Some(Action::Read),
+        detail: topic.to_owned(),
+        events,
+        ..Default::default()
+    }
+}
+
 fn note_skipped(position: &BTreeMap<i32, i64>, record: &Record) {
     if let Some(&expected) = position.get(&record.partition)
         && record.offset > expected

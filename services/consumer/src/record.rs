@@ -2,10 +2,7 @@
 //! delivers it, so the live reader decodes each record once per instance, and each field
 //! set an agreement allows is encoded once per record, not once per stream.
 
-use std::sync::{
-    Mutex, OnceLock,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 use crier_agreements::{fields::FieldTree, minimise::minimise};
@@ -28,8 +25,6 @@ pub struct Record {
     whole: OnceLock<Bytes>,
     /// The event encoded with its payload minimised to each field set delivered so far.
     minimised: Mutex<Vec<(FieldTree, Bytes)>>,
-    /// Whether a delivery of this record has claimed describing it in the audit trail.
-    described: AtomicBool,
 }
 
 impl Record {
@@ -41,7 +36,6 @@ impl Record {
             event,
             whole: OnceLock::new(),
             minimised: Mutex::new(Vec::new()),
-            described: AtomicBool::new(false),
         }
     }
 
@@ -56,14 +50,6 @@ impl Record {
             }
         };
         Self::new(msg.partition(), msg.offset(), event)
-    }
-
-    /// True for the first caller only: its delivery's audit record describes the event
-    /// (id, type, subject), and every other delivery of this record by this instance names
-    /// it by position (`crier_audit::Delivered`). Each record read is its own, so a catch-up
-    /// reader's copy is described again: harmless, and it keeps the rule local.
-    pub fn describe(&self) -> bool {
-        !self.described.swap(true, Ordering::Relaxed)
     }
 
     /// The event's protobuf encoding with only `fields` of its payload (see

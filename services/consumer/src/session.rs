@@ -108,26 +108,34 @@ pub struct Session {
     acked_ids: Vec<String>,
 }
 
-/// The deliveries a stream's next audit record names: in full the events this stream was
-/// the first of its instance to send (`Record::describe`), by position the others.
+/// The deliveries a stream's next audit record names: by position those the live reader's
+/// `Read` records describe, in full those a catch-up reader brought.
 #[derive(Debug, Default)]
 struct Receipts {
     events: Vec<EventRef>,
     delivered: Vec<Delivered>,
-    len: usize,
 }
 
 impl Receipts {
-    /// Adds a delivery at `position` under `agreements`; `described` is its event when this
-    /// delivery describes it.
+    /// Deliveries gathered.
+    fn len(&self) -> usize {
+        self.events.len()
+            + self
+                .delivered
+                .iter()
+                .map(|d| d.positions.len())
+                .sum::<usize>()
+    }
+
+    /// Adds a delivery at `position` under `agreements`; `describe` is its event when the
+    /// trail does not describe it yet.
     fn add(
         &mut self,
-        described: Option<&crier_proto::v1::Event>,
+        describe: Option<&crier_proto::v1::Event>,
         agreements: Vec<String>,
         position: String,
     ) {
-        self.len += 1;
-        if let Some(event) = described {
+        if let Some(event) = describe {
             self.events.push(EventRef {
                 event_id: event.id.clone(),
                 event_type: event.r#type.clone(),
@@ -450,7 +458,7 @@ impl Session {
             if *next < rec.offset {
                 *next = rec.offset;
             }
-            self.handle(rec);
+            self.handle(rec, true);
             if self.outbox_full()
                 && let Step::End(status) = self.send().await
             {
@@ -492,7 +500,9 @@ impl Session {
                         from = next, to = rec.offset, "records expired before delivery");
                     self.next.insert(rec.partition, rec.offset);
                 }
-                self.handle(&rec);
+                // A catch-up reader's records have no `Read` record: the delivery
+                // describes them.
+                self.handle(&rec, false);
             }
             Err(KafkaError::PartitionEOF(p)) => {
                 let next = self.next.get(&p).copied().unwrap_or(0);
@@ -509,8 +519,9 @@ impl Session {
     }
 
     /// Handles the record at `next` of its partition: if it matches, puts it in the outbox
-    /// (counted as in flight from now).
-    fn handle(&mut self, rec: &Record) {
+    /// (counted as in flight from now). `described_in_trail`: the instance's audit chain
+    /// already describes the record (a live batch's `Read` record).
+    fn handle(&mut self, rec: &Record, described_in_trail: bool) {
         let p = rec.partition;
         if rec.offset != self.next.get(&p).copied().unwrap_or(0) {
             return;
@@ -543,8 +554,8 @@ impl Session {
             offset: rec.offset,
         };
         self.outbox.push(&encoded, at, &ack_id);
-        self.receipts
-            .add(rec.describe().then_some(event), entitled.agreements, ack_id);
+        let describe = (!described_in_trail).then_some(event);
+        self.receipts.add(describe, entitled.agreements, ack_id);
         self.unacked.entry(p).or_default().insert(rec.offset);
         self.in_flight += 1;
     }
@@ -560,7 +571,7 @@ impl Session {
             return Step::Continue;
         }
         let n = self.outbox.len();
-        if self.receipts.len >= MAX_PER_AUDIT_RECORD {
+        if self.receipts.len() >= MAX_PER_AUDIT_RECORD {
             self.audit_pending().await;
         }
         metrics::counter!("crier_deliveries_total").increment(n as u64);
@@ -586,10 +597,8 @@ impl Session {
     /// full fan-out, and most of the audit trail's cost (PERFORMANCE.md); the trail says
     /// the same, to the cursor flush interval.
     async fn audit_pending(&mut self) {
-        if self.receipts.len > 0 {
-            let Receipts {
-                events, delivered, ..
-            } = std::mem::take(&mut self.receipts);
+        if self.receipts.len() > 0 {
+            let Receipts { events, delivered } = std::mem::take(&mut self.receipts);
             self.audit(Entry {
                 action: Some(Action::Deliver),
                 events,
