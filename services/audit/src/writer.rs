@@ -137,8 +137,19 @@ impl Auditor {
         (Self { tx }, task)
     }
 
-    /// Records `entry`. Waits while the writer is behind.
+    /// Records `entry`. Waits while the writer is behind, and only then: a send that would
+    /// not wait is made without an await point, so a caller that must queue a record before
+    /// its next step (the live reader, before it hands a batch to the streams) is not sent
+    /// to the back of the runtime's queue by tokio's cooperative budget.
     pub async fn record(&self, entry: Entry) {
+        let entry = match self.tx.try_send(entry) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(entry)) => entry,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit writer has stopped; record lost");
+                return;
+            }
+        };
         if self.tx.send(entry).await.is_err() {
             tracing::error!("audit writer has stopped; record lost");
         }
