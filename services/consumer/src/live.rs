@@ -150,7 +150,9 @@ impl Live {
                     metrics::counter!("crier_live_batches_total").increment(1);
                     // Queued before any stream can deliver from the batch, so the chain
                     // describes each event before a delivery names it by position.
-                    auditor.record(read_record(&watched.topic, &batch)).await;
+                    if let Some(read) = read_record(&watched.topic, &batch) {
+                        auditor.record(read).await;
+                    }
                     router.dispatch(Arc::new(Batch::new(batch)));
                 }
             }
@@ -234,13 +236,11 @@ impl Live {
     }
 }
 
-/// Says so when the live reader moves past offsets it never read (retention deleted them
-/// during a long stall, or the client reset its position). Streams step over such a gap
-/// like any other above where their feed started, so this log is the only trace of it.
 /// The `Read` audit record of a live batch: what each event is, whom it is about, and
 /// where Kafka holds it, once per instance however many streams then receive it.
-fn read_record(topic: &str, batch: &[Record]) -> Entry {
-    let events = batch
+/// `None` when no record of the batch is a Crier event.
+fn read_record(topic: &str, batch: &[Record]) -> Option<Entry> {
+    let events: Vec<EventRef> = batch
         .iter()
         .filter_map(|rec| {
             let event = rec.event.as_ref()?;
@@ -253,14 +253,17 @@ fn read_record(topic: &str, batch: &[Record]) -> Entry {
             })
         })
         .collect();
-    Entry {
+    (!events.is_empty()).then(|| Entry {
         action: Some(Action::Read),
         detail: topic.to_owned(),
         events,
         ..Default::default()
-    }
+    })
 }
 
+/// Says so when the live reader moves past offsets it never read (retention deleted them
+/// during a long stall, or the client reset its position). Streams step over such a gap
+/// like any other above where their feed started, so this log is the only trace of it.
 fn note_skipped(position: &BTreeMap<i32, i64>, record: &Record) {
     if let Some(&expected) = position.get(&record.partition)
         && record.offset > expected
