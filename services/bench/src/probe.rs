@@ -197,24 +197,25 @@ impl Owners {
                 let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
                     continue;
                 };
-                for fd in fds.flatten() {
-                    let Ok(target) = std::fs::read_link(fd.path()) else {
-                        continue;
-                    };
-                    let found = target
-                        .to_str()
-                        .and_then(|t| t.strip_prefix("socket:["))
-                        .and_then(|t| t.strip_suffix(']'))
-                        .and_then(|t| t.parse().ok());
-                    if let Some(found) = found {
-                        self.by_inode.insert(found, Some(pid));
-                    }
+                for found in fds.flatten().filter_map(|fd| socket_inode(&fd.path())) {
+                    self.by_inode.insert(found, Some(pid));
                 }
             }
             self.by_inode.entry(inode).or_insert(None);
         }
         self.by_inode.get(&inode).copied().flatten()
     }
+}
+
+/// The inode of the socket file descriptor `fd` (`/proc/<pid>/fd/<n>`, a link to
+/// `socket:[<inode>]`); `None` for anything else.
+fn socket_inode(fd: &std::path::Path) -> Option<u64> {
+    let target = std::fs::read_link(fd).ok()?;
+    let inode = target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?;
+    inode.parse().ok()
 }
 
 /// Every established TCP connection to port `kafka_port` held by one of `owners`, from `ss`
@@ -372,11 +373,7 @@ mod tests {
         let inode = std::fs::read_dir("/proc/self/fd")
             .unwrap()
             .flatten()
-            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-            .filter_map(|t| {
-                let t = t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
-                t.parse::<u64>().ok()
-            })
+            .filter_map(|fd| socket_inode(&fd.path()))
             .max()
             .expect("this process holds a socket");
         let me = std::process::id();

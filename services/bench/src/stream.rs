@@ -10,7 +10,7 @@ use std::{
 };
 
 use crier_proto::v1::{
-    PublishBatchRequest, publish_result::Outcome, publisher_client::PublisherClient,
+    PublishBatchRequest, PublishResult, publish_result::Outcome, publisher_client::PublisherClient,
 };
 use tonic::transport::Channel;
 
@@ -41,20 +41,12 @@ pub(crate) async fn run(url: &str, plan: &Plan, pool: &Pool) -> anyhow::Result<f
                 match client.publish_batch(PublishBatchRequest { events }).await {
                     Ok(response) => {
                         let now = Instant::now();
-                        let mut accepted = 0;
-                        for result in response.into_inner().results {
-                            match result.outcome {
-                                Some(Outcome::Accepted(a)) if a.duplicate => {
-                                    outcomes.duplicates.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Some(Outcome::Accepted(_)) => accepted += 1,
-                                Some(Outcome::Error(e)) => {
-                                    outcomes.error(1, || format!("{}: {}", e.code, e.message))
-                                }
-                                None => outcomes.error(1, || "result without outcome".into()),
-                            }
-                        }
-                        outcomes.ok(&window, now, accepted);
+                        let results = response.into_inner().results;
+                        let accepted = results
+                            .into_iter()
+                            .filter(|r| accepted_as_new(r, &outcomes))
+                            .count();
+                        outcomes.ok(&window, now, accepted as u64);
                     }
                     Err(status) => outcomes.error(batch as u64, || {
                         format!("{:?}: {}", status.code(), status.message())
@@ -68,6 +60,26 @@ pub(crate) async fn run(url: &str, plan: &Plan, pool: &Pool) -> anyhow::Result<f
     }
     eprintln!("bench: stream publish: {}", outcomes.summary());
     Ok(window.per_second(outcomes.counted.load(Ordering::Relaxed)))
+}
+
+/// True when Crier accepted the event as new; a duplicate or an error is counted in
+/// `outcomes` instead.
+fn accepted_as_new(result: &PublishResult, outcomes: &Outcomes) -> bool {
+    match &result.outcome {
+        Some(Outcome::Accepted(a)) if a.duplicate => {
+            outcomes.duplicates.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Some(Outcome::Accepted(_)) => true,
+        Some(Outcome::Error(e)) => {
+            outcomes.error(1, || format!("{}: {}", e.code, e.message));
+            false
+        }
+        None => {
+            outcomes.error(1, || "result without outcome".into());
+            false
+        }
+    }
 }
 
 /// Sends one `PublishBatch` of `events` (sequence number and correlation id each); returns,
@@ -91,22 +103,8 @@ pub(crate) async fn publish_batch(
                 });
             }
             results
-                .into_iter()
-                .map(|result| match result.outcome {
-                    Some(Outcome::Accepted(a)) if a.duplicate => {
-                        outcomes.duplicates.fetch_add(1, Ordering::Relaxed);
-                        false
-                    }
-                    Some(Outcome::Accepted(_)) => true,
-                    Some(Outcome::Error(e)) => {
-                        outcomes.error(1, || format!("{}: {}", e.code, e.message));
-                        false
-                    }
-                    None => {
-                        outcomes.error(1, || "result without outcome".into());
-                        false
-                    }
-                })
+                .iter()
+                .map(|result| accepted_as_new(result, outcomes))
                 .chain(std::iter::repeat(false))
                 .take(n)
                 .collect()

@@ -108,23 +108,15 @@ pub struct Session {
     acked_ids: Vec<String>,
 }
 
-/// The deliveries a stream's next audit record names: by position those the live reader's
-/// `Read` records describe, in full those a catch-up reader brought.
+/// The deliveries a stream's next audit record names, as that record's entry: by position
+/// those the live reader's `Read` records describe, in full those a catch-up reader brought.
 #[derive(Debug, Default)]
-struct Receipts {
-    events: Vec<EventRef>,
-    delivered: Vec<Delivered>,
-}
+struct Receipts(Entry);
 
 impl Receipts {
     /// Deliveries gathered.
     fn len(&self) -> usize {
-        self.events.len()
-            + self
-                .delivered
-                .iter()
-                .map(|d| d.positions.len())
-                .sum::<usize>()
+        self.0.named()
     }
 
     /// Adds a delivery at `position` under `agreements`; `describe` is its event when the
@@ -136,7 +128,7 @@ impl Receipts {
         position: String,
     ) {
         if let Some(event) = describe {
-            self.events.push(EventRef {
+            self.0.events.push(EventRef {
                 event_id: event.id.clone(),
                 event_type: event.r#type.clone(),
                 subject: event.subject.clone(),
@@ -145,9 +137,9 @@ impl Receipts {
             });
             return;
         }
-        match self.delivered.last_mut() {
+        match self.0.delivered.last_mut() {
             Some(group) if group.agreements == agreements => group.positions.push(position),
-            _ => self.delivered.push(Delivered {
+            _ => self.0.delivered.push(Delivered {
                 agreements,
                 positions: vec![position],
             }),
@@ -598,12 +590,10 @@ impl Session {
     /// the same, to the cursor flush interval.
     async fn audit_pending(&mut self) {
         if self.receipts.len() > 0 {
-            let Receipts { events, delivered } = std::mem::take(&mut self.receipts);
+            let Receipts(receipts) = std::mem::take(&mut self.receipts);
             self.audit(Entry {
                 action: Some(Action::Deliver),
-                events,
-                delivered,
-                ..Default::default()
+                ..receipts
             })
             .await;
         }
