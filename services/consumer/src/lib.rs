@@ -52,6 +52,10 @@ impl From<rdkafka::error::KafkaError> for Error {
     }
 }
 
+/// The longest shutdown waits for the streams to save their cursors, and then for the
+/// audit writer to drain: each well inside Kubernetes' 30 s grace period.
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// Runs the consumer service on `listener` until `shutdown` is cancelled. Open streams are
 /// then ended with UNAVAILABLE (so clients reconnect), after saving their cursors.
 pub async fn serve(
@@ -66,6 +70,7 @@ pub async fn serve(
     let tls = crier_identity::tls::server_from(&config.auth).map_err(Error::Config)?;
     // The readers stop after the server, so that closing streams can still save cursors.
     let readers = CancellationToken::new();
+    let sessions = tokio_util::task::TaskTracker::new();
     let _stop_readers = readers.clone().drop_guard();
     let policy = crier_agreements::reload::load_and_watch(&config.agreements, readers.clone())
         .map_err(Error::Config)?;
@@ -109,6 +114,7 @@ pub async fn serve(
         )),
         cursor_flush: Duration::from_millis(config.subscriptions.cursor_flush_ms.max(10)),
         shutdown: shutdown.clone(),
+        sessions: sessions.clone(),
     };
     let service = SubscriberService::new(shared, config.subscriptions.clone());
 
@@ -144,13 +150,19 @@ pub async fn serve(
         .add_service(subscriber)
         .serve_with_incoming_shutdown(crier_runtime::grpc::incoming(listener), draining)
         .await?;
-    // Sessions are spawned tasks: wait (bounded) for them to save cursors and drop their
-    // Auditor clones, so the audit writer can drain.
-    if tokio::time::timeout(Duration::from_secs(15), audit_task)
-        .await
-        .is_err()
-    {
-        tracing::error!("audit writer did not drain within 15 s");
+    // Sessions are spawned tasks: wait (bounded) for them to save their cursors. Then
+    // stop the readers, whose live reader holds an Auditor clone; the audit writer
+    // drains once the last clone is dropped.
+    sessions.close();
+    if tokio::time::timeout(DRAIN, sessions.wait()).await.is_err() {
+        tracing::error!(
+            streams = sessions.len(),
+            "streams did not close within {DRAIN:?}"
+        );
+    }
+    readers.cancel();
+    if tokio::time::timeout(DRAIN, audit_task).await.is_err() {
+        tracing::error!("audit writer did not drain within {DRAIN:?}");
     }
     tracing::info!("consumer stopped");
     Ok(())

@@ -69,6 +69,8 @@ pub struct Shared {
     pub catch_up_slots: Arc<Semaphore>,
     pub cursor_flush: Duration,
     pub shutdown: CancellationToken,
+    /// The running sessions, so that shutdown can wait for their last cursor saves.
+    pub sessions: tokio_util::task::TaskTracker,
 }
 
 /// The state of one stream.

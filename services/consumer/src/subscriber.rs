@@ -291,7 +291,7 @@ impl Subscriber for SubscriberService {
             tx,
         );
         metrics::gauge!("crier_open_streams").increment(1.0);
-        tokio::spawn(async move {
+        self.shared.sessions.spawn(async move {
             session.run(inbound).await;
             metrics::gauge!("crier_open_streams").decrement(1.0);
             drop((guard, permit));
