@@ -157,6 +157,8 @@ pub struct Seen {
     pub seq: usize,
     /// Which connection (stream) brought it: counts up on every reconnect.
     pub connection: usize,
+    /// When the subscriber received it.
+    pub at: std::time::Instant,
 }
 
 /// A subscriber that keeps a named subscription open, reconnecting (round-robin over
@@ -315,6 +317,7 @@ async fn run_stream(
                 citizen: c.parse().unwrap_or(0),
                 seq: s.parse().unwrap_or(0),
                 connection,
+                at: std::time::Instant::now(),
             });
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
