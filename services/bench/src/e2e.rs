@@ -69,6 +69,8 @@ pub(crate) struct E2e {
     /// Consumer bytes received from Kafka over producer bytes sent to Kafka (wire).
     pub(crate) read_amplification_wire: Option<f64>,
     pub(crate) wire_note: String,
+    /// Where the consumer's share of the latency lies, from its lag summaries.
+    pub(crate) lag_note: String,
     /// `crier_live_bytes_total` over payload bytes published.
     pub(crate) read_amplification_counter: f64,
     pub(crate) catch_up_readers: f64,
@@ -368,6 +370,19 @@ pub(crate) async fn run(
         }
         Err(e) => (None, format!("wire bytes not measured: {e:#}")),
     };
+    let lag = |name: &str| {
+        let q = |q| {
+            probe::quantile_ms(&metrics_after, name, q).map_or("n/a".into(), |v| format!("{v:.1}"))
+        };
+        format!("p50 {} / p99 {} / max {} ms", q("0.5"), q("0.99"), q("1"))
+    };
+    let lag_note = format!(
+        "consumer lag from each event's Kafka timestamp (its summaries, scraped at the \
+         cut-off): handed to the streams by the live reader {}; a message's oldest event, \
+         taken by gRPC for writing {}",
+        lag("crier_live_read_lag_seconds"),
+        lag("crier_delivery_lag_seconds")
+    );
     let delivered = stats.deliveries.load(Ordering::Relaxed);
     let duplicates = tracker.duplicates.load(Ordering::Relaxed);
     let of_failed_publishes = tracker.of_failed_publishes.load(Ordering::Relaxed);
@@ -394,6 +409,7 @@ pub(crate) async fn run(
         drain_time,
         read_amplification_wire,
         wire_note,
+        lag_note,
         read_amplification_counter: if payload > 0.0 {
             counter("crier_live_bytes_total") / payload
         } else {

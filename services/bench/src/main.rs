@@ -453,6 +453,7 @@ async fn main() -> anyhow::Result<()> {
             r.ended_early,
             r.histogram.max() as f64 / 1000.0
         ));
+        notes.push(format!("e2e: {}", r.lag_note));
         notes.push(format!(
             "read amplification (wire, kernel TCP counters): {}; {}",
             r.read_amplification_wire

@@ -44,7 +44,7 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-/// Every sample on a Prometheus endpoint, summed over labels: name → value.
+/// Every sample on a Prometheus endpoint (see [`samples`]).
 pub(crate) async fn scrape(addr: SocketAddr) -> anyhow::Result<HashMap<String, f64>> {
     let body = tokio::time::timeout(Duration::from_secs(5), async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -66,17 +66,37 @@ pub(crate) async fn scrape(addr: SocketAddr) -> anyhow::Result<HashMap<String, f
     if !head.starts_with("HTTP/1.1 200") {
         bail!("metrics endpoint {addr} answered {head}");
     }
+    Ok(samples(text))
+}
+
+/// The samples of a Prometheus text exposition, summed over labels, except a summary's
+/// quantiles, which are kept apart as `name{quantile="q"}`.
+fn samples(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
         let name = series.split('{').next().unwrap_or(series);
+        let key = match series.split_once("quantile=\"") {
+            Some((_, rest)) => {
+                let q = rest.split('"').next().unwrap_or(rest);
+                format!("{name}{{quantile=\"{q}\"}}")
+            }
+            None => name.to_owned(),
+        };
         if let Ok(v) = value.parse::<f64>() {
-            *out.entry(name.to_owned()).or_insert(0.0) += v;
+            *out.entry(key).or_insert(0.0) += v;
         }
     }
-    Ok(out)
+    out
+}
+
+/// Quantile `q` of summary `name` in a scrape, in milliseconds (the summary in seconds).
+pub(crate) fn quantile_ms(scrape: &HashMap<String, f64>, name: &str, q: &str) -> Option<f64> {
+    scrape
+        .get(&format!("{name}{{quantile=\"{q}\"}}"))
+        .map(|s| s * 1000.0)
 }
 
 /// The value of `name` in a scrape, 0 when absent (a counter never incremented).
@@ -366,6 +386,22 @@ impl Cpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_are_summed_over_labels_but_a_summarys_quantiles_are_kept_apart() {
+        let text = "# TYPE crier_acks_total counter\n\
+                    crier_acks_total{org=\"a\"} 3\n\
+                    crier_acks_total{org=\"b\"} 4\n\
+                    crier_lag_seconds{quantile=\"0.5\"} 0.002\n\
+                    crier_lag_seconds{quantile=\"0.99\"} 0.25\n\
+                    crier_lag_seconds_count 9\n";
+        let s = samples(text);
+        assert_eq!(counter(&s, "crier_acks_total"), 7.0);
+        assert_eq!(quantile_ms(&s, "crier_lag_seconds", "0.99"), Some(250.0));
+        assert_eq!(quantile_ms(&s, "crier_lag_seconds", "0.5"), Some(2.0));
+        assert_eq!(quantile_ms(&s, "crier_lag_seconds", "0.9"), None);
+        assert_eq!(counter(&s, "crier_lag_seconds_count"), 9.0);
+    }
 
     #[test]
     fn a_socket_is_found_among_the_watched_processes_descriptors_and_others_are_not() {

@@ -14,6 +14,7 @@
 pub mod batch;
 pub mod config;
 pub mod live;
+pub mod outgoing;
 mod read_errors;
 pub mod record;
 pub mod route;

@@ -90,6 +90,8 @@ impl Live {
             let mut check = tokio::time::interval(stall::CHECK_EVERY);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut progress = stall::Progress::default();
+            // From each record's Kafka timestamp to its batch reaching the streams.
+            let read_lag = metrics::histogram!("crier_live_read_lag_seconds");
             loop {
                 let first = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -146,6 +148,10 @@ impl Live {
                     }
                 }
                 if !batch.is_empty() {
+                    let now = crate::record::now_ms();
+                    for written in batch.iter().filter_map(|r| r.written_ms) {
+                        read_lag.record(crate::record::seconds_since(written, now));
+                    }
                     metrics::counter!("crier_live_records_total").increment(batch.len() as u64);
                     metrics::counter!("crier_live_batches_total").increment(1);
                     // Queued before any stream can deliver from the batch, so the chain

@@ -21,6 +21,9 @@ pub struct Record {
     /// The decoded event; `None` for a record that is not a Crier CloudEvent, which is
     /// stepped over (and counted) rather than stalling every subscription behind it.
     pub event: Option<Event>,
+    /// The record's Kafka timestamp (the producer service's send time), in Unix
+    /// milliseconds: what delivery lag is measured from.
+    pub written_ms: Option<i64>,
     /// The whole event, encoded: what a subscriber entitled to every field receives.
     whole: OnceLock<Bytes>,
     /// The event encoded with its payload minimised to each field set delivered so far.
@@ -34,6 +37,7 @@ impl Record {
             partition,
             offset,
             event,
+            written_ms: None,
             whole: OnceLock::new(),
             minimised: Mutex::new(Vec::new()),
         }
@@ -49,7 +53,10 @@ impl Record {
                 None
             }
         };
-        Self::new(msg.partition(), msg.offset(), event)
+        Self {
+            written_ms: msg.timestamp().to_millis(),
+            ..Self::new(msg.partition(), msg.offset(), event)
+        }
     }
 
     /// The event's protobuf encoding with only `fields` of its payload (see
@@ -76,6 +83,19 @@ impl Record {
     }
 }
 
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Seconds from `written_ms` to `now_ms`; never negative (the clocks of the producer and
+/// the consumer may differ a little).
+pub fn seconds_since(written_ms: i64, now_ms: i64) -> f64 {
+    (now_ms - written_ms).max(0) as f64 / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -83,6 +103,12 @@ mod tests {
     use crier_proto::events::v1::{DeathRegistered, PersonIdentifiers, PersonName};
 
     use super::*;
+
+    #[test]
+    fn lag_is_in_seconds_and_never_negative() {
+        assert_eq!(seconds_since(1_000, 1_250), 0.25);
+        assert_eq!(seconds_since(2_000, 1_990), 0.0);
+    }
 
     fn death() -> Event {
         let payload = DeathRegistered {

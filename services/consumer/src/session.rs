@@ -25,7 +25,7 @@ use crier_identity::Identity;
 use crier_kafka::KafkaConfig;
 use crier_proto::{
     v1::{Filter, SubscribeRequest, subscribe_request::Request},
-    wire::{At, Deliveries, EncodedResponse},
+    wire::{At, Deliveries},
 };
 use futures::FutureExt;
 use rdkafka::{
@@ -33,13 +33,14 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use crate::{
     batch::Batch,
     live::Live,
+    outgoing::{self, Outgoing},
     read_errors::ReadErrors,
     record::Record,
     route::{Ended, Feed},
@@ -80,7 +81,7 @@ pub struct Session {
     sub: StoredSubscription,
     filter: Filter,
     window: Window,
-    out: mpsc::Sender<Result<EncodedResponse, Status>>,
+    out: outgoing::Sender,
     /// The live batches this stream may want (see `route.rs`).
     live: Feed,
     catch_up: Option<CatchUp>,
@@ -104,6 +105,8 @@ pub struct Session {
     pending: Option<Pending>,
     /// Deliveries ready to go out in the next message.
     outbox: Deliveries,
+    /// The Kafka timestamp of the outbox's oldest event.
+    outbox_oldest_ms: Option<i64>,
     /// What this stream has sent and had acknowledged since it last audited (see
     /// [`Session::audit_pending`]).
     receipts: Receipts,
@@ -204,7 +207,7 @@ impl Session {
         start: BTreeMap<i32, i64>,
         high: &BTreeMap<i32, i64>,
         window: Window,
-        out: mpsc::Sender<Result<EncodedResponse, Status>>,
+        out: outgoing::Sender,
     ) -> Self {
         let joined = start
             .iter()
@@ -236,6 +239,7 @@ impl Session {
             save_not_before: None,
             pending: None,
             outbox: Deliveries::default(),
+            outbox_oldest_ms: None,
             receipts: Receipts::default(),
             acked_ids: Vec::new(),
         }
@@ -548,6 +552,10 @@ impl Session {
             offset: rec.offset,
         };
         self.outbox.push(&encoded, at, &ack_id);
+        self.outbox_oldest_ms = match (self.outbox_oldest_ms, rec.written_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let describe = (!described_in_trail).then_some(event);
         self.receipts.add(describe, entitled.agreements, ack_id);
         self.unacked.entry(p).or_default().insert(rec.offset);
@@ -576,7 +584,10 @@ impl Session {
         } else {
             None
         };
-        let message = single.unwrap_or_else(|| self.outbox.take_batch());
+        let message = Outgoing {
+            response: single.unwrap_or_else(|| self.outbox.take_batch()),
+            oldest_ms: self.outbox_oldest_ms.take(),
+        };
         if self.out.send(Ok(message)).await.is_err() {
             return Step::End(None);
         }

@@ -16,12 +16,12 @@ use crier_proto::{
     wire::{EncodedResponse, subscriber_server::Subscriber},
 };
 use crier_schema::{Invalid, Registry, filter};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     config::SubscriptionsConfig,
+    outgoing::{Outgoing, Responses},
     session::{Session, Shared, Window},
     store::StoredSubscription,
 };
@@ -162,7 +162,7 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl Subscriber for SubscriberService {
-    type SubscribeStream = ReceiverStream<Result<EncodedResponse, Status>>;
+    type SubscribeStream = Responses;
 
     async fn subscribe(
         &self,
@@ -268,7 +268,7 @@ impl Subscriber for SubscriberService {
             .map_err(unavailable)?;
         tracing::info!(subscription = %name, created, ?start, "stream opened");
 
-        let (tx, rx) = mpsc::channel(window.max_in_flight + 8);
+        let (tx, rx) = Responses::channel(window.max_in_flight + 8);
         let opened = SubscribeResponse {
             response: Some(ServerMsg::Opened(Opened {
                 subscription: name,
@@ -276,7 +276,7 @@ impl Subscriber for SubscriberService {
                 created,
             })),
         };
-        tx.send(Ok(EncodedResponse::from(&opened)))
+        tx.send(Ok(Outgoing::from(EncodedResponse::from(&opened))))
             .await
             .map_err(|_| Status::cancelled("client left"))?;
         let high = marks.iter().map(|(p, m)| (*p, m.1)).collect();
@@ -296,6 +296,6 @@ impl Subscriber for SubscriberService {
             metrics::gauge!("crier_open_streams").decrement(1.0);
             drop((guard, permit));
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }
