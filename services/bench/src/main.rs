@@ -106,6 +106,13 @@ struct Args {
     /// acknowledgement round trip, not Crier, would set the pace.
     #[arg(long, value_name = "N", default_value_t = 8192)]
     max_in_flight: u32,
+    /// Partitions of every events topic of the run, the baseline's included. 1, as for
+    /// the one broker deploy/kafka.sh starts (deploy/local): Crier's consumer reads all
+    /// partitions with one reader per instance, so partitions only spread leaders over
+    /// brokers, and on one broker each is more produce requests (PERFORMANCE.md, session
+    /// 8). The services' own default, for a cluster, is 6.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=64))]
+    partitions: i32,
     /// How long the fan-out phase's publisher gathers events into one PublishBatch, as a
     /// department system publishing thousands a second would (2 ms: 10 events at
     /// 5,000/s); each event's latency still counts from its own scheduled instant, so the
@@ -266,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
         bootstrap: args.kafka.clone(),
         events_topic: format!("bench.{run_id}.events"),
         subscriptions_topic: format!("bench.{run_id}.subscriptions"),
+        partitions: args.partitions,
         producer_settings: args.producer_env.clone(),
         consumer_settings: args.consumer_env.clone(),
     };
@@ -327,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
     if wanted(Phase::Baseline) {
         let cpu = Cpu::sample(&publish_procs);
         phase("baseline", &plan.throughput);
-        let kafka = raw_kafka(&args.kafka, &run_id, "baseline", &mut baseline_topics);
+        let kafka = raw_kafka(&args, &run_id, "baseline", &mut baseline_topics);
         figures.baseline_eps = Some(baseline::run(&kafka, &plan, &pool).await?);
         notes.push(format!(
             "baseline: {}",
@@ -369,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
         };
         // First with no reader (the unary phase runs no consumer), then with one.
         for (topic, read_back) in [("baseline-latency", false), ("baseline-read", true)] {
-            let kafka = raw_kafka(&args.kafka, &run_id, topic, &mut baseline_topics);
+            let kafka = raw_kafka(&args, &run_id, topic, &mut baseline_topics);
             let cpu = Cpu::sample(&publish_procs);
             let raw = baseline::latency(&kafka, &plan, &pool, read_back).await?;
             let cpu = cpu.note(&Cpu::sample(&publish_procs));
@@ -523,9 +531,12 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let title = format!(
-        "Crier benchmark: {mode} mode, run {run_id}, {} CPUs, Kafka {}, {:.0}s",
+        "Crier benchmark: {mode} mode, run {run_id}, {} CPUs, Kafka {} (events topics of {} \
+         partition{}), {:.0}s",
         std::thread::available_parallelism().map_or(0, usize::from),
         args.kafka,
+        args.partitions,
+        if args.partitions == 1 { "" } else { "s" },
         started.elapsed().as_secs_f64()
     );
     print!("{}", figures.table(&title, &notes));
@@ -601,9 +612,10 @@ fn write_ghz_request(pool: &Pool, path: &std::path::Path) -> anyhow::Result<()> 
 
 /// Settings for a raw-client phase writing to `bench.<run_id>.<name>`; the topics that
 /// creating it makes are added to `created`, for deleting at the end.
-fn raw_kafka(bootstrap: &str, run_id: &str, name: &str, created: &mut Vec<String>) -> KafkaConfig {
+fn raw_kafka(args: &Args, run_id: &str, name: &str, created: &mut Vec<String>) -> KafkaConfig {
     let kafka = KafkaConfig {
-        bootstrap_servers: bootstrap.to_owned(),
+        bootstrap_servers: args.kafka.clone(),
+        partitions: args.partitions,
         events_topic: format!("bench.{run_id}.{name}"),
         subscriptions_topic: format!("bench.{run_id}.baseline-unused"),
         ..Default::default()

@@ -44,6 +44,8 @@ pub(crate) struct Env {
     pub(crate) bootstrap: String,
     pub(crate) events_topic: String,
     pub(crate) subscriptions_topic: String,
+    /// Partitions of the events topic (`--partitions`).
+    pub(crate) partitions: i32,
     /// Settings given with `--producer-env`, applied last.
     pub(crate) producer_settings: Vec<(String, String)>,
     /// Settings given with `--consumer-env`, applied last.
@@ -102,6 +104,7 @@ impl Service {
             .env("CRIER_KAFKA__EVENTS_TOPIC", &env.events_topic)
             .env("CRIER_KAFKA__SUBSCRIPTIONS_TOPIC", &env.subscriptions_topic)
             .env("CRIER_KAFKA__AUDIT_TOPIC", env.audit_topic())
+            .env("CRIER_KAFKA__PARTITIONS", env.partitions.to_string())
             .envs(crate::client::service_env(kind == Kind::Producer))
             .envs(match kind {
                 Kind::Producer => env.producer_settings.iter().cloned(),
