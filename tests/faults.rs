@@ -20,9 +20,11 @@ use crier_tests::{
 /// disconnect can deliver twice.
 const WINDOW: u32 = 32;
 /// How far back a consumer crash can rewind a subscription: its cursor is saved every
-/// 200 ms (`CURSOR_FLUSH_MS` in `process.rs`) once something was acked, and the save is
-/// a Kafka write, allowed 300 ms in a debug build on a busy machine.
-const REWIND_LIMIT: Duration = Duration::from_millis(500);
+/// 200 ms (`CURSOR_FLUSH_MS` in `process.rs`) once something was acked, after the
+/// stream's audit records are queued, and the save is a Kafka write; the rest is slack
+/// for a debug build on a busy machine. A save that fails backs off for 5 s, which fails
+/// the check: on a healthy broker it should.
+const REWIND_LIMIT: Duration = Duration::from_secs(1);
 const GIVE_UP: Duration = Duration::from_secs(60);
 
 fn logs() -> std::path::PathBuf {
@@ -90,17 +92,18 @@ async fn killing_the_producer_under_load_loses_nothing_it_acknowledged() {
 async fn killing_the_consumer_mid_stream_redelivers_and_loses_nothing() {
     let kafka = kafka_config("kill-consumer");
     let (producer, mut consumer) = services(&kafka);
-    // Paced so that the stream runs for well over REWIND_LIMIT before the kill: at most
-    // one event per 5 ms.
+    let (citizens, per) = size();
+    // Paced so that the two thirds of the load before the kill take three REWIND_LIMITs.
+    let pace =
+        (3 * REWIND_LIMIT / (citizens * per * 2 / 3).max(1) as u32).max(Duration::from_millis(5));
     let sub = Collector::start(
         vec![consumer.url()],
         "faults.kill-consumer",
         WINDOW,
         true,
-        Duration::from_millis(5),
+        pace,
     );
     settle(&[&sub]).await;
-    let (citizens, per) = size();
     let load = tokio::spawn(publish_load(vec![producer.url()], citizens, per, GIVE_UP));
     // Later than mid_load, so that there is a long stream to rewind into.
     assert!(
@@ -312,7 +315,6 @@ async fn when_one_of_two_consumer_replicas_dies_its_subscriptions_continue_on_th
     // Kill whichever replica serves the stream: the first connection can miss a replica
     // that is still starting and land on the other one.
     let serving = sub.seen.lock().unwrap().last().unwrap().connection;
-    let killed_at = Instant::now();
     if serving % 2 == 1 {
         a.kill9()
     } else {
@@ -326,15 +328,11 @@ async fn when_one_of_two_consumer_replicas_dies_its_subscriptions_continue_on_th
     let seen = sub.stop().await;
     let report = check("one of two consumer replicas killed", &outcome, &seen);
     assert_eq!((report.lost, report.order_violations), (0, 0));
+    // How far redelivery rewinds is checked by the kill -9 test above, whose stream runs
+    // long enough before the kill to tell.
     assert!(
         seen.iter().any(|s| s.connection > serving),
-        "the stream did not move to the other replica"
-    );
-    let (_, oldest_again) = rewind(&seen, killed_at);
-    assert!(
-        killed_at - oldest_again <= REWIND_LIMIT,
-        "redelivery rewound {:?}: {report:?}",
-        killed_at - oldest_again
+        "the stream did not move to the other replica: {report:?}"
     );
 }
 
@@ -416,7 +414,7 @@ async fn memory_stays_bounded_when_many_streams_never_read() {
         subscriber_client::SubscriberClient,
     };
     let kafka = kafka_config("never-read");
-    let (producer, consumer) = services(&kafka);
+    let (producer, mut consumer) = services(&kafka);
     settle(&[]).await;
     let idle = consumer.rss_mib().unwrap();
     // Many clients open a stream, then never read a byte of it.
@@ -484,5 +482,13 @@ async fn memory_stays_bounded_when_many_streams_never_read() {
             .await
     );
     fresh.stop().await;
+    // SIGTERM while those clients still hold their streams unread: graceful shutdown must
+    // not wait for streams that cannot finish, or Kubernetes kills the pod at 30 s with
+    // its audit records unwritten.
+    let took = consumer
+        .terminate(Duration::from_secs(40))
+        .expect("the consumer exits on SIGTERM");
+    println!("checker: consumer exited {took:?} after SIGTERM with {streams} streams unread");
+    assert!(took < Duration::from_secs(25), "{took:?}");
     drop(held);
 }

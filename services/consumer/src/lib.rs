@@ -53,9 +53,10 @@ impl From<rdkafka::error::KafkaError> for Error {
     }
 }
 
-/// The longest shutdown waits for the streams to save their cursors, and then for the
-/// audit writer to drain: each well inside Kubernetes' 30 s grace period.
-const DRAIN: Duration = Duration::from_secs(10);
+/// The longest each of shutdown's three waits may take: for connections to close, for
+/// the streams to save their cursors, and for the audit writer to drain. Together they
+/// stay inside Kubernetes' 30 s grace period.
+const DRAIN: Duration = Duration::from_secs(8);
 
 /// Runs the consumer service on `listener` until `shutdown` is cancelled. Open streams are
 /// then ended with UNAVAILABLE (so clients reconnect), after saving their cursors.
@@ -143,14 +144,23 @@ pub async fn serve(
         SubscriberServer::new(service),
         authenticator,
     );
-    crier_runtime::grpc::server(tls)?
+    let serving = crier_runtime::grpc::server(tls)?
         .layer(crier_runtime::grpc::metadata_limit())
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(subscriber)
-        .serve_with_incoming_shutdown(crier_runtime::grpc::incoming(listener), draining)
-        .await?;
+        .serve_with_incoming_shutdown(crier_runtime::grpc::incoming(listener), draining);
+    // Graceful shutdown waits for every connection to close, and one whose client has
+    // stopped reading its socket may never close: stop waiting after DRAIN.
+    let overdue = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        served = serving => served?,
+        () = overdue => tracing::warn!("connections still open {DRAIN:?} after shutdown began; closing them"),
+    }
     // Sessions are spawned tasks: wait (bounded) for them to save their cursors. Then
     // stop the readers, whose live reader holds an Auditor clone; the audit writer
     // drains once the last clone is dropped.
