@@ -377,9 +377,9 @@ pub(crate) async fn run(
         format!("p50 {} / p99 {} / max {} ms", q("0.5"), q("0.99"), q("1"))
     };
     let lag_note = format!(
-        "consumer lag from each event's Kafka timestamp (its summaries, scraped at the \
-         cut-off): handed to the streams by the live reader {}; a message's oldest event, \
-         taken by gRPC for writing {}",
+        "consumer lag from each event's Kafka timestamp (its summaries, which cover a \
+         rolling minute, warm-up included, scraped at the cut-off): handed to the streams \
+         by the live reader {}; a message's oldest event, taken by gRPC for writing {}",
         lag("crier_live_read_lag_seconds"),
         lag("crier_delivery_lag_seconds")
     );

@@ -267,6 +267,14 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|first| first.rsplit_once(':'))
         .and_then(|(_, port)| port.parse().ok())
         .context("--kafka must be host:port[,host:port...]")?;
+    if args
+        .producer_env
+        .iter()
+        .chain(&args.consumer_env)
+        .any(|(k, _)| k == "CRIER_KAFKA__PARTITIONS")
+    {
+        anyhow::bail!("set partitions with --partitions, so that the baseline's topics match");
+    }
     let env = services::Env {
         bin_dir: args.bin_dir.clone(),
         log_dir: args.work_dir.join(&run_id),

@@ -148,16 +148,16 @@ impl Live {
                     }
                 }
                 if !batch.is_empty() {
-                    let now = crate::record::now_ms();
-                    for written in batch.iter().filter_map(|r| r.written_ms) {
-                        read_lag.record(crate::record::seconds_since(written, now));
-                    }
                     metrics::counter!("crier_live_records_total").increment(batch.len() as u64);
                     metrics::counter!("crier_live_batches_total").increment(1);
                     // Queued before any stream can deliver from the batch, so the chain
                     // describes each event before a delivery names it by position.
                     if let Some(read) = read_record(&watched.topic, &batch) {
                         auditor.record(read).await;
+                    }
+                    let now = crate::record::now_ms();
+                    for written in batch.iter().filter_map(|r| r.written_ms) {
+                        read_lag.record(crate::record::seconds_since(written, now));
                     }
                     router.dispatch(Arc::new(Batch::new(batch)));
                 }
