@@ -552,10 +552,11 @@ impl Session {
             offset: rec.offset,
         };
         self.outbox.push(&encoded, at, &ack_id);
-        self.outbox_oldest_ms = match (self.outbox_oldest_ms, rec.written_ms) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.outbox_oldest_ms = self
+            .outbox_oldest_ms
+            .into_iter()
+            .chain(rec.written_ms)
+            .min();
         let describe = (!described_in_trail).then_some(event);
         self.receipts.add(describe, entitled.agreements, ack_id);
         self.unacked.entry(p).or_default().insert(rec.offset);

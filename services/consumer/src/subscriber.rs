@@ -151,9 +151,7 @@ impl Drop for ActiveGuard {
 
 /// Seconds since the Unix epoch, the clock agreements are judged by.
 pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    crate::record::now_ms() / 1000
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
