@@ -12,8 +12,8 @@ use std::{
     collections::BTreeMap,
     future::Future,
     sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -113,19 +113,50 @@ impl Outcomes {
 
 /// The slowest latency in each second of a schedule: whether a tail is one stall (a few
 /// bad seconds) or steady queueing (every second alike), which percentiles cannot tell.
+/// Beside each second it keeps the hypervisor's steal in that second, so a slow second can
+/// be told apart from one in which the machine itself was taken away (this is a VM), and
+/// how late the load generator itself started each call, which counts in the figure.
 #[derive(Debug)]
 pub(crate) struct Seconds {
     start: Instant,
     max_us: Vec<AtomicU64>,
+    /// From each call's scheduled instant to its task's first poll, in the load generator.
+    late: Mutex<Histogram<u64>>,
+    /// Steal in each second, in tenths of a percent of one core (`u64::MAX`: not sampled).
+    steal_permille: Vec<AtomicU64>,
 }
 
 impl Seconds {
-    /// Seconds from `start` for `duration`.
-    pub(crate) fn new(start: Instant, duration: Duration) -> Self {
+    /// Seconds from `start` for `duration`; a thread samples each second's steal.
+    pub(crate) fn new(start: Instant, duration: Duration) -> Arc<Self> {
         let n = duration.as_secs_f64().ceil() as usize;
-        Self {
+        let seconds = Arc::new(Self {
             start,
             max_us: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            late: Mutex::new(histogram()),
+            steal_permille: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        });
+        let sampled = seconds.clone();
+        std::thread::spawn(move || sampled.sample_steal());
+        seconds
+    }
+
+    fn sample_steal(&self) {
+        let steal = || crate::probe::machine_seconds().map(|(_, steal)| steal);
+        let sleep_until =
+            |at: Instant| std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        sleep_until(self.start);
+        let mut before = steal();
+        for (i, slot) in self.steal_permille.iter().enumerate() {
+            sleep_until(self.start + Duration::from_secs(i as u64 + 1));
+            let now = steal();
+            if let (Some(a), Some(b)) = (before, now) {
+                slot.store(
+                    ((b - a) * 1000.0).round().max(0.0) as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            before = now;
         }
     }
 
@@ -135,6 +166,12 @@ impl Seconds {
         if let Some(max) = self.max_us.get(second) {
             max.fetch_max(latency.as_micros() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// A call scheduled at `scheduled` (in the window) has started, now.
+    pub(crate) fn started(&self, scheduled: Instant) {
+        let mut late = self.late.lock().unwrap_or_else(|p| p.into_inner());
+        record(&mut late, scheduled.elapsed());
     }
 
     /// The median and worst of the seconds' slowest, and how many seconds had one above 50 ms.
@@ -156,11 +193,52 @@ impl Seconds {
             .map_or((0, 0), |(i, m)| (i, *m));
         format!(
             "slowest in each second of the schedule: median {:.1} ms, worst {:.1} ms (second \
-             {worst_at}), {} of {} seconds above 50 ms",
+             {worst_at}), {} of {} seconds above 50 ms; {}; {}",
             median as f64 / 1000.0,
             worst as f64 / 1000.0,
             maxes.iter().filter(|m| **m > 50_000).count(),
-            maxes.len()
+            maxes.len(),
+            self.steal_summary(&maxes),
+            self.late_summary()
+        )
+    }
+
+    fn late_summary(&self) -> String {
+        let late = self.late.lock().unwrap_or_else(|p| p.into_inner());
+        let q = |q| percentile_ms(&late, q).map_or("n/a".into(), |v| format!("{v:.2}"));
+        format!(
+            "the load generator started each call p50 {} / p99 {} / p99.9 {} ms after its \
+             schedule",
+            q(50.0),
+            q(99.0),
+            q(99.9)
+        )
+    }
+
+    /// "hypervisor steal in % of one core: median second …, the 3 slowest seconds …".
+    fn steal_summary(&self, maxes: &[u64]) -> String {
+        let steal: Vec<Option<u64>> = self
+            .steal_permille
+            .iter()
+            .map(|s| Some(s.load(Ordering::Relaxed)).filter(|&v| v != u64::MAX))
+            .collect();
+        let mut all: Vec<u64> = steal.iter().flatten().copied().collect();
+        all.sort_unstable();
+        let Some(&median) = all.get(all.len() / 2) else {
+            return "hypervisor steal not sampled".into();
+        };
+        let mut by_latency: Vec<usize> = (0..maxes.len()).collect();
+        by_latency.sort_by_key(|&i| std::cmp::Reverse(maxes[i]));
+        let pct = |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{:.0}%", v as f64 / 10.0));
+        let slowest: Vec<String> = by_latency
+            .iter()
+            .take(3)
+            .map(|&i| format!("{} (second {i})", pct(steal.get(i).copied().flatten())))
+            .collect();
+        format!(
+            "hypervisor steal in % of one core: median second {}, the 3 slowest seconds {}",
+            pct(Some(median)),
+            slowest.join(", ")
         )
     }
 }
@@ -184,6 +262,17 @@ pub(crate) fn percentile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(q / 100.0) as f64 / 1000.0)
 }
 
+/// Set when the task holding it unwinds, so [`open_loop`] can fail as joining would have.
+struct PanicFlag(Arc<AtomicBool>);
+
+impl Drop for PanicFlag {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// How many tasks [`open_loop`] starts at `rate` for `duration`.
 pub(crate) fn scheduled(rate: f64, duration: Duration) -> u64 {
     (rate * duration.as_secs_f64()).round() as u64
@@ -195,6 +284,11 @@ pub(crate) fn scheduled(rate: f64, duration: Duration) -> u64 {
 /// The schedule runs on its own thread with `std::thread::sleep`: tokio's timer has a 1 ms
 /// resolution, too coarse for the 200 µs between requests at 5,000/s. A scheduler that falls
 /// behind starts the late requests at once; their latency still counts from the schedule.
+///
+/// Tasks are tracked, not joined one by one: a task's memory is held until its
+/// `JoinHandle` is dropped, and holding 115,000 handles to the end kept every finished
+/// call's future, about 4 KiB each, so the load generator grew by 100 MB every 5 s and
+/// spent a tenth of its time in the kernel zeroing fresh pages (PERFORMANCE.md, session 9).
 pub(crate) async fn open_loop<F, Fut>(rate: f64, duration: Duration, task: F) -> anyhow::Result<u64>
 where
     F: Fn(u64, Instant) -> Fut + Send + 'static,
@@ -202,22 +296,30 @@ where
 {
     let handle = tokio::runtime::Handle::current();
     let total = scheduled(rate, duration);
-    let handles = tokio::task::spawn_blocking(move || {
+    let tracker = tokio_util::task::TaskTracker::new();
+    let panicked = Arc::new(AtomicBool::new(false));
+    let (spawner, flag) = (tracker.clone(), panicked.clone());
+    tokio::task::spawn_blocking(move || {
         let start = Instant::now();
-        let mut handles = Vec::with_capacity(total as usize);
         for seq in 0..total {
             let scheduled = start + Duration::from_secs_f64(seq as f64 / rate);
             let now = Instant::now();
             if scheduled > now {
                 std::thread::sleep(scheduled - now);
             }
-            handles.push(handle.spawn(task(seq, scheduled)));
+            let (call, guard) = (task(seq, scheduled), PanicFlag(flag.clone()));
+            spawner.spawn_on(
+                async move {
+                    let _guard = guard;
+                    call.await;
+                },
+                &handle,
+            );
         }
-        handles
     })
     .await?;
-    for h in handles {
-        h.await?;
-    }
+    tracker.close();
+    tracker.wait().await;
+    anyhow::ensure!(!panicked.load(Ordering::Relaxed), "a load task panicked");
     Ok(total)
 }
