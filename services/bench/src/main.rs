@@ -411,10 +411,12 @@ async fn main() -> anyhow::Result<()> {
         let cpu = Cpu::sample(&publish_procs);
         let (h, seconds, outcomes) = unary::latency(&producer.url(), &plan, &pool).await?;
         let cpu = cpu.note(&Cpu::sample(&publish_procs));
+        let inside = producer_view(&producer).await;
         figures.unary_p50_ms = load::percentile_ms(&h, 50.0);
         figures.unary_p99_ms = load::percentile_ms(&h, 99.0);
         notes.push(format!(
-            "unary latency at {}/s: {} samples, p99.9 {:.2} ms, max {:.2} ms; {}; {}; {cpu}",
+            "unary latency at {}/s: {} samples, p99.9 {:.2} ms, max {:.2} ms; {}; {inside}; \
+             {}; {cpu}",
             plan.rate,
             h.len(),
             load::percentile_ms(&h, 99.9).unwrap_or(f64::NAN),
@@ -649,6 +651,33 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
             "'{s}' is not KEY=VALUE with KEY starting {}",
             SETTING_PREFIXES.join(", ")
         )),
+    }
+}
+
+/// The producer's own timing of the calls just made, from its summaries: how much of a
+/// unary publish is Kafka's acknowledgement, and so how much the client's figure adds on
+/// the way in and out (gRPC, TLS and scheduling on both sides).
+async fn producer_view(producer: &Service) -> String {
+    match probe::scrape(producer.metrics_addr()).await {
+        Ok(m) => {
+            let q = |name: &str| {
+                let q =
+                    |q| probe::quantile_ms(&m, name, q).map_or("n/a".into(), |v| format!("{v:.1}"));
+                format!(
+                    "p50 {} / p99 {} / p99.9 {} ms",
+                    q("0.5"),
+                    q("0.99"),
+                    q("0.999")
+                )
+            };
+            format!(
+                "inside the producer (its summaries, which cover a rolling minute): the call {}, \
+                 of which Kafka's acknowledgement {}",
+                q("crier_publish_seconds"),
+                q("crier_kafka_write_seconds")
+            )
+        }
+        Err(e) => format!("the producer's own timing not scraped: {e:#}"),
     }
 }
 

@@ -317,6 +317,22 @@ fn parse_ss(text: &str, mut owner: impl FnMut(u64) -> Option<u32>) -> KafkaBytes
     KafkaBytes { sockets }
 }
 
+/// The machine's busy seconds so far (all CPUs, everything but idle and iowait, steal
+/// included) and, of those, the hypervisor's steal, from `/proc/stat`.
+pub(crate) fn machine_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some(((total - idle) / 100.0, ticks.get(7)? / 100.0))
+}
+
 /// CPU time used so far by the whole machine and by some processes.
 #[derive(Debug, Clone)]
 pub(crate) struct Cpu {
@@ -331,21 +347,7 @@ pub(crate) struct Cpu {
 impl Cpu {
     /// Samples the machine and each `(name, pid)`.
     pub(crate) fn sample(procs: &[(&'static str, u32)]) -> Self {
-        let (machine, steal) = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                let ticks: Vec<f64> = s
-                    .lines()
-                    .next()?
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                let total: f64 = ticks.iter().take(8).sum();
-                let idle = ticks.get(3)? + ticks.get(4)?;
-                Some(((total - idle) / 100.0, ticks.get(7)? / 100.0))
-            })
-            .unwrap_or((0.0, 0.0));
+        let (machine, steal) = machine_seconds().unwrap_or((0.0, 0.0));
         Self {
             at: std::time::Instant::now(),
             machine,

@@ -87,7 +87,7 @@ pub(crate) async fn latency(
     let outcomes = Arc::new(Outcomes::default());
     let histogram = Arc::new(Mutex::new(load::histogram()));
     let window = Window::starting_now(plan.warmup, plan.latency);
-    let seconds = Arc::new(load::Seconds::new(window.measure_from, plan.latency));
+    let seconds = load::Seconds::new(window.measure_from, plan.latency);
     let task = {
         let (pool, outcomes, histogram, seconds) = (
             pool.clone(),
@@ -104,6 +104,9 @@ pub(crate) async fn latency(
                 seconds.clone(),
             );
             async move {
+                if scheduled >= window.measure_from {
+                    seconds.started(scheduled);
+                }
                 if publish(&mut client, &pool, seq, String::new(), &outcomes).await {
                     let done = Instant::now();
                     outcomes.ok(&window, done, 1);

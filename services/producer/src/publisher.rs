@@ -364,11 +364,16 @@ impl Inner {
             .key(&record.key)
             .payload(&record.value)
             .headers(record.headers);
-        match self
+        let sent = Instant::now();
+        let acknowledged = self
             .producer
             .send(future_record, Timeout::After(self.delivery_timeout))
-            .await
-        {
+            .await;
+        // Kafka's part of crier_publish_seconds: from handing the record to librdkafka until
+        // this task runs again with the acknowledgement (or failure), so librdkafka's
+        // threads and this runtime's scheduling count in it too.
+        metrics::histogram!("crier_kafka_write_seconds").record(sent.elapsed().as_secs_f64());
+        match acknowledged {
             Ok(delivery) => Ok(Position {
                 topic: self.topic.clone(),
                 partition: delivery.partition,
