@@ -215,7 +215,8 @@ impl Seconds {
         )
     }
 
-    /// "hypervisor steal in % of one core: median second …, the 3 slowest seconds …".
+    /// "hypervisor steal in % of one core: median second …, the 3 slowest seconds …", with
+    /// "?" for a second not sampled (no `/proc/stat`, or the phase ended first).
     fn steal_summary(&self, maxes: &[u64]) -> String {
         let steal: Vec<Option<u64>> = self
             .steal_permille
@@ -224,9 +225,7 @@ impl Seconds {
             .collect();
         let mut all: Vec<u64> = steal.iter().flatten().copied().collect();
         all.sort_unstable();
-        let Some(&median) = all.get(all.len() / 2) else {
-            return "hypervisor steal not sampled".into();
-        };
+        let median = all.get(all.len() / 2).copied();
         let mut by_latency: Vec<usize> = (0..maxes.len()).collect();
         by_latency.sort_by_key(|&i| std::cmp::Reverse(maxes[i]));
         let pct = |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{:.0}%", v as f64 / 10.0));
@@ -237,7 +236,7 @@ impl Seconds {
             .collect();
         format!(
             "hypervisor steal in % of one core: median second {}, the 3 slowest seconds {}",
-            pct(Some(median)),
+            pct(median),
             slowest.join(", ")
         )
     }
@@ -322,4 +321,46 @@ where
     tracker.wait().await;
     anyhow::ensure!(!panicked.load(Ordering::Relaxed), "a load task panicked");
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slowest_seconds_are_named_slowest_first_with_the_load_generators_lateness() {
+        let start = Instant::now();
+        let seconds = Seconds::new(start, Duration::from_secs(3));
+        seconds.record(start, Duration::from_millis(5));
+        seconds.record(
+            start + Duration::from_millis(1_500),
+            Duration::from_millis(7),
+        );
+        seconds.record(
+            start + Duration::from_millis(2_500),
+            Duration::from_millis(90),
+        );
+        seconds.started(start);
+        let summary = seconds.summary();
+        assert!(
+            summary.contains("worst 90.0 ms (second 2), 1 of 3 seconds above 50 ms"),
+            "{summary}"
+        );
+        let slowest = summary
+            .split("the 3 slowest seconds ")
+            .nth(1)
+            .unwrap_or_default();
+        let order: Vec<&str> = slowest.matches("(second ").collect();
+        assert_eq!(order.len(), 3, "{summary}");
+        let named: Vec<usize> = slowest
+            .split("(second ")
+            .skip(1)
+            .filter_map(|s| s.split(')').next()?.parse().ok())
+            .collect();
+        assert_eq!(named, vec![2, 1, 0], "{summary}");
+        assert!(
+            summary.contains("the load generator started each call p50"),
+            "{summary}"
+        );
+    }
 }
