@@ -72,7 +72,7 @@ pub struct Dedup {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     slots: HashMap<Key, Slot>,
     /// Completed keys in completion order, for expiry.
@@ -80,13 +80,26 @@ struct Inner {
 }
 
 impl Dedup {
-    /// Remembers completed publishes to `topic` for `window`, at most `capacity` of them.
-    pub fn new(topic: String, window: Duration, capacity: usize) -> Self {
+    /// Remembers completed publishes to `topic` for `window`, at most `capacity` of them,
+    /// beside at most `in_progress` claims not yet settled (the producer's admission limit).
+    ///
+    /// The map and the expiry queue are allocated for both up front. Grown on demand, each
+    /// doubling rehashed every pair under the lock that every publish takes: 74 ms at 917,504
+    /// pairs on the 2-core machine, with every publish waiting (PERFORMANCE.md, session 9).
+    /// Reserving costs address space, not memory: pages are touched as pairs arrive. The
+    /// map can still rehash in place when removals have left enough tombstones; at the
+    /// defaults it is under half full, where removals rarely leave one.
+    pub fn new(topic: String, window: Duration, capacity: usize, in_progress: usize) -> Self {
         Self {
             topic,
             window,
             capacity,
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                slots: HashMap::with_capacity(capacity + in_progress),
+                // Expiry runs before each claim, so settled claims can add `in_progress`
+                // entries (and one more) beyond `capacity` before the next expiry.
+                order: VecDeque::with_capacity(capacity + in_progress + 1),
+            }),
         }
     }
 
@@ -213,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_completed_pair_is_reported_with_its_first_position() {
-        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
         assert!(matches!(d.claim("s", "1"), Claim::Mine));
         d.complete("s", "1", pos(7));
         assert!(matches!(d.claim("s", "1"), Claim::Done(p) if p.offset == 7));
@@ -222,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_concurrent_retry_waits_and_a_released_claim_can_be_retaken() {
-        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
         assert!(matches!(d.claim("s", "1"), Claim::Mine));
         let Claim::Wait(rx) = d.claim("s", "1") else {
             panic!("expected to wait")
@@ -234,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_pair_repeated_in_one_claim_many_is_a_repeat_of_its_first_appearance() {
-        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
         let claims = d.claim_many([("s", "1"), ("s", "2"), ("s", "1"), ("other", "1")]);
         assert!(matches!(
             claims[..],
@@ -249,7 +262,7 @@ mod tests {
 
     #[test]
     fn claim_many_sees_pairs_completed_or_in_flight_elsewhere() {
-        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
         assert!(matches!(d.claim("s", "done"), Claim::Mine));
         d.complete("s", "done", pos(3));
         assert!(matches!(d.claim("s", "pending"), Claim::Mine));
@@ -266,7 +279,7 @@ mod tests {
 
     #[test]
     fn complete_many_and_release_many_settle_each_claim_and_wake_its_waiters() {
-        let d = Dedup::new("t".into(), Duration::from_secs(60), 10);
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
         d.claim_many([("s", "1"), ("s", "2"), ("s", "3")]);
         let (Claim::Wait(rx1), Claim::Wait(rx2)) = (d.claim("s", "1"), d.claim("s", "2")) else {
             panic!("expected to wait")
@@ -281,7 +294,7 @@ mod tests {
 
     #[test]
     fn pairs_beyond_capacity_are_forgotten_oldest_first() {
-        let d = Dedup::new("t".into(), Duration::from_secs(60), 2);
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 2, 4);
         for i in 0..3 {
             let id = i.to_string();
             assert!(matches!(d.claim("s", &id), Claim::Mine));
@@ -289,5 +302,36 @@ mod tests {
         }
         assert!(matches!(d.claim("s", "0"), Claim::Mine));
         assert!(matches!(d.claim("s", "2"), Claim::Done(_)));
+    }
+
+    #[test]
+    fn filling_to_capacity_never_regrows_the_map_or_the_expiry_queue() {
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 50_000, 500);
+        let (slots, order) = {
+            let inner = d.lock();
+            (inner.slots.capacity(), inner.order.capacity())
+        };
+        // In batches of 500 claimed together and then settled, as PublishBatch does.
+        for batch in 0..120 {
+            let ids: Vec<String> = (0..500).map(|i| format!("{batch}-{i}")).collect();
+            let claims = d.claim_many(ids.iter().map(|id| ("s", id.as_str())));
+            assert!(
+                claims
+                    .iter()
+                    .all(|c| matches!(c, Claimed::First(Claim::Mine)))
+            );
+            let p = pos(batch);
+            d.complete_many(ids.iter().map(|id| ("s", id.as_str(), &p)));
+        }
+        let inner = d.lock();
+        assert_eq!(inner.order.len(), 50_500);
+        // A map's capacity shrinks as removals leave tombstones and comes back when it
+        // rehashes in place; only growing would raise it.
+        assert!(
+            inner.slots.capacity() <= slots,
+            "{} > {slots}",
+            inner.slots.capacity()
+        );
+        assert_eq!(inner.order.capacity(), order);
     }
 }

@@ -64,6 +64,7 @@ pub async fn serve(
             config.kafka.events_topic.clone(),
             config.dedup.window(),
             config.dedup.capacity,
+            config.limits.max_events_in_progress,
         ),
         Duration::from_millis(config.kafka.delivery_timeout_ms),
     );
