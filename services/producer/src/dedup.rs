@@ -81,14 +81,18 @@ struct Inner {
 
 impl Dedup {
     /// Remembers completed publishes to `topic` for `window`, at most `capacity` of them,
-    /// beside at most `in_progress` claims not yet settled (the producer's admission limit).
+    /// with room reserved for `in_progress` claims not yet settled (the producer's
+    /// admission limit).
     ///
     /// The map and the expiry queue are allocated for both up front. Grown on demand, each
     /// doubling rehashed every pair under the lock that every publish takes: 74 ms at 917,504
     /// pairs on the 2-core machine, with every publish waiting (PERFORMANCE.md, session 9).
-    /// Reserving costs address space, not memory: pages are touched as pairs arrive. The
-    /// map can still rehash in place when removals have left enough tombstones; at the
-    /// defaults it is under half full, where removals rarely leave one.
+    /// The reservation is not a hard bound. A call that gives up returns its admission
+    /// permit while its claim waits for Kafka, so under a slow Kafka more claims can be open
+    /// than reserved, and removals can leave tombstones that use up the spare slots; either
+    /// way the map still grows. At the defaults it is about 56% full, where a removal rarely
+    /// leaves a tombstone. The reservation costs memory early: 2 MiB of control bytes at
+    /// once, and the table's 64 MiB is touched within the first few hundred thousand pairs.
     pub fn new(topic: String, window: Duration, capacity: usize, in_progress: usize) -> Self {
         Self {
             topic,
@@ -96,9 +100,9 @@ impl Dedup {
             capacity,
             inner: Mutex::new(Inner {
                 slots: HashMap::with_capacity(capacity + in_progress),
-                // Expiry runs before each claim, so settled claims can add `in_progress`
-                // entries (and one more) beyond `capacity` before the next expiry.
-                order: VecDeque::with_capacity(capacity + in_progress + 1),
+                // Expiry runs before each claim, so settled claims can take the queue
+                // `in_progress` past `capacity` before the next expiry.
+                order: VecDeque::with_capacity(capacity + in_progress),
             }),
         }
     }
@@ -306,13 +310,15 @@ mod tests {
 
     #[test]
     fn filling_to_capacity_never_regrows_the_map_or_the_expiry_queue() {
-        let d = Dedup::new("t".into(), Duration::from_secs(60), 50_000, 500);
+        // 57,344 is exactly what a table of 65,536 buckets holds, so a map sized for the
+        // capacity alone would have to grow for the 500 in progress.
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 57_344, 500);
         let (slots, order) = {
             let inner = d.lock();
             (inner.slots.capacity(), inner.order.capacity())
         };
         // In batches of 500 claimed together and then settled, as PublishBatch does.
-        for batch in 0..120 {
+        for batch in 0..130 {
             let ids: Vec<String> = (0..500).map(|i| format!("{batch}-{i}")).collect();
             let claims = d.claim_many(ids.iter().map(|id| ("s", id.as_str())));
             assert!(
@@ -324,7 +330,7 @@ mod tests {
             d.complete_many(ids.iter().map(|id| ("s", id.as_str(), &p)));
         }
         let inner = d.lock();
-        assert_eq!(inner.order.len(), 50_500);
+        assert_eq!(inner.order.len(), 57_844);
         // A map's capacity shrinks as removals leave tombstones and comes back when it
         // rehashes in place; only growing would raise it.
         assert!(
