@@ -671,7 +671,8 @@ async fn producer_view(producer: &Service) -> String {
                 )
             };
             format!(
-                "inside the producer (its summaries, which cover a rolling minute): the call {}, \
+                "inside the producer (its summaries cover a rolling minute: this phase's warm-up \
+                 too, and a producer phase that ended less than a minute before): the call {}, \
                  of which Kafka's acknowledgement {}",
                 q("crier_publish_seconds"),
                 q("crier_kafka_write_seconds")
