@@ -20,10 +20,11 @@ use crier_kafka::{KafkaConfig, cloudevents};
 use futures::{StreamExt, stream::FuturesUnordered};
 use hdrhistogram::Histogram;
 use rdkafka::{
-    Message, Offset, TopicPartitionList,
+    ClientContext, Message, Offset, Statistics, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     message::{Header, Headers},
     producer::{FutureProducer, FutureRecord, Producer},
+    statistics::Window as RdWindow,
 };
 
 use crate::{
@@ -107,6 +108,75 @@ pub(crate) struct RawLatency {
     /// when run without the reader.
     pub(crate) read: Option<(Histogram<u64>, u64)>,
     pub(crate) outcomes: Arc<Outcomes>,
+    /// librdkafka's own account of where the producer's time went, second by second.
+    pub(crate) client: ClientSeconds,
+}
+
+/// Per-second windows from librdkafka's statistics (`statistics.interval.ms`): they say
+/// whether an acknowledgement's tail was spent in the broker's round trip or in the client
+/// before the request went out. Each entry is one second's (p99, max), in microseconds.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ClientSeconds {
+    /// From sending a produce request to its response (`rtt`): the broker and the network.
+    rtt: Vec<(i64, i64)>,
+    /// From `send` to the record being put in a request (`int_latency`): linger and queueing.
+    queued: Vec<(i64, i64)>,
+    /// From a request being built to its being written to the socket (`outbuf_latency`).
+    outbuf: Vec<(i64, i64)>,
+}
+
+impl ClientSeconds {
+    fn add(&mut self, stats: &Statistics) {
+        let take = |list: &mut Vec<(i64, i64)>, w: &Option<RdWindow>| {
+            if let Some(w) = w.as_ref().filter(|w| w.cnt > 0) {
+                list.push((w.p99, w.max));
+            }
+        };
+        // Bootstrap entries have node id -1 and carry no produce traffic.
+        for broker in stats.brokers.values().filter(|b| b.nodeid >= 0) {
+            take(&mut self.rtt, &broker.rtt);
+            take(&mut self.queued, &broker.int_latency);
+            take(&mut self.outbuf, &broker.outbuf_latency);
+        }
+    }
+
+    /// "round trip p99 median 2.1 / worst 40.2 ms, max 61.0 ms; ..." over the seconds seen.
+    pub(crate) fn summary(&self) -> String {
+        let one = |name: &str, list: &[(i64, i64)]| {
+            let mut p99: Vec<i64> = list.iter().map(|w| w.0).collect();
+            p99.sort_unstable();
+            let max = list.iter().map(|w| w.1).max();
+            match (p99.get(p99.len() / 2), p99.last(), max) {
+                (Some(median), Some(worst), Some(max)) => format!(
+                    "{name} p99 median {:.1} / worst {:.1} ms, max {:.1} ms",
+                    *median as f64 / 1e3,
+                    *worst as f64 / 1e3,
+                    max as f64 / 1e3
+                ),
+                _ => format!("{name} not reported"),
+            }
+        };
+        format!(
+            "librdkafka's per-second windows ({} seconds, warm-up included): {}; {}; {}",
+            self.rtt.len(),
+            one("broker round trip", &self.rtt),
+            one("queued in the client before a request", &self.queued),
+            one("request waiting for the socket", &self.outbuf),
+        )
+    }
+}
+
+/// Collects [`ClientSeconds`] from the producer's statistics callback.
+#[derive(Debug, Default, Clone)]
+struct StatsContext(Arc<Mutex<ClientSeconds>>);
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(&statistics);
+    }
 }
 
 /// Header carrying each record's scheduled instant, in ns after the phase's base instant.
@@ -129,7 +199,11 @@ pub(crate) async fn latency(
     read_back: bool,
 ) -> anyhow::Result<RawLatency> {
     crier_kafka::topics::ensure_topics(kafka).await?;
-    let producer: FutureProducer = kafka.producer().create()?;
+    let context = StatsContext::default();
+    let producer: FutureProducer<StatsContext> = kafka
+        .producer()
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(context.clone())?;
     let outcomes = Arc::new(Outcomes::default());
     let histogram = Arc::new(Mutex::new(load::histogram()));
     let window = Window::starting_now(plan.warmup, plan.latency);
@@ -196,10 +270,12 @@ pub(crate) async fn latency(
     };
     eprintln!("bench: raw Kafka latency: {}", outcomes.summary());
     let acked = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let client = context.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(RawLatency {
         acked,
         read,
         outcomes,
+        client,
     })
 }
 
@@ -244,4 +320,32 @@ async fn read_all(
         }
     }
     Ok((histogram, received))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientSeconds;
+
+    #[test]
+    fn client_summary_gives_the_median_and_worst_second_and_says_what_was_not_reported() {
+        let seconds = ClientSeconds {
+            rtt: vec![(9_000, 12_000), (1_000, 1_500), (2_000, 3_000)],
+            queued: vec![(500, 700)],
+            outbuf: vec![],
+        };
+        let summary = seconds.summary();
+        assert!(summary.contains("(3 seconds"), "{summary}");
+        assert!(
+            summary.contains("broker round trip p99 median 2.0 / worst 9.0 ms, max 12.0 ms"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("before a request p99 median 0.5 / worst 0.5 ms, max 0.7 ms"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("request waiting for the socket not reported"),
+            "{summary}"
+        );
+    }
 }

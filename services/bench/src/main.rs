@@ -399,9 +399,10 @@ async fn main() -> anyhow::Result<()> {
             };
             notes.push(format!(
                 "raw Kafka at {}/s, same client settings, no Crier: schedule to \
-                 acknowledgement {}{read}; {}; {cpu}",
+                 acknowledgement {}{read}; {}; {}; {cpu}",
                 plan.rate,
                 pcts(&raw.acked),
+                raw.client.summary(),
                 raw.outcomes.summary(),
             ));
         }
