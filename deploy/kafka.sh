@@ -14,6 +14,7 @@ KAFKA_DIR=${CRIER_KAFKA_DIR:-$REPO_DIR/.cache/kafka}
 PORT=${CRIER_KAFKA_PORT:-9092}
 CONTROLLER_PORT=${CRIER_KAFKA_CONTROLLER_PORT:-9093}
 HEAP=${CRIER_KAFKA_HEAP:--Xms256m -Xmx1g}
+GC=${CRIER_KAFKA_GC:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35}
 START_TIMEOUT=${CRIER_KAFKA_START_TIMEOUT:-90}
 STOP_TIMEOUT=30
 HOST=127.0.0.1
@@ -54,6 +55,7 @@ Environment:
   CRIER_KAFKA_DIR               config, data, logs and pid file    [<repo>/.cache/kafka]
   CRIER_KAFKA_CACHE             downloaded jars                    [\${XDG_CACHE_HOME:-~/.cache}/crier/kafka-$KAFKA_VERSION]
   CRIER_KAFKA_HEAP              JVM heap flags                     [-Xms256m -Xmx1g]
+  CRIER_KAFKA_GC                JVM collector flags                [$GC]
   CRIER_KAFKA_START_TIMEOUT     seconds to wait for readiness      [90]
   CRIER_KAFKA_RESET=1           with start/restart: wipe CRIER_KAFKA_DIR first (all topics lost)
   JAVA_HOME                     JDK to use (else java on PATH)
@@ -247,14 +249,15 @@ cmd_start() {
   [[ -f $STDOUT_LOG ]] && mv -f "$STDOUT_LOG" "$STDOUT_LOG.prev"
 
   say "starting Kafka $KAFKA_VERSION on $HOST:$PORT (controller $CONTROLLER_PORT, data $KAFKA_DIR)"
-  local setsid=()
-  command -v setsid >/dev/null && setsid=(setsid)
   # The inner shell records its own pid and then execs java, so the pid file is the
-  # broker's pid even if setsid forks. setsid + nohup: survives the calling shell.
-  # shellcheck disable=SC2086 # HEAP is a list of JVM flags
-  nohup ${setsid[@]+"${setsid[@]}"} bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
-    "$JAVA" $HEAP -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
+  # broker's pid. nohup (and bash leaving SIGINT ignored for a background job) lets it
+  # outlive the calling shell. It stays in the caller's session on purpose: with setsid
+  # it had a scheduler autogroup of its own, which CFS treats as one entity against
+  # everything else, and under load its collector and request threads waited 100-300 ms
+  # for a core (raw Kafka's p99 85-131 ms against 6-7 ms; PERFORMANCE.md, session 10).
+  # shellcheck disable=SC2086 # HEAP and GC are lists of JVM flags
+  nohup bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
+    "$JAVA" $HEAP $GC -server -XX:+ExplicitGCInvokesConcurrent \
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$LOG4J_CONFIG" \
     -cp "$CACHE_DIR/*" kafka.Kafka "$CONFIG" \
