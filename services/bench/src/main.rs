@@ -334,6 +334,10 @@ async fn main() -> anyhow::Result<()> {
     let bench_pid = std::process::id();
     // The broker's CPU is shown apart, so that what is left is load from outside the run.
     let kafka_pid = probe::listener_pid(kafka_port).await.unwrap_or(0);
+    if let Some(warning) = probe::autogroup_warning(kafka_pid) {
+        eprintln!("bench: {warning}");
+        notes.push(warning);
+    }
     let publish_procs = [
         ("producer", producer.pid()),
         ("bench", bench_pid),

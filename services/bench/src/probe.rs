@@ -280,6 +280,27 @@ pub(crate) async fn listener_pid(port: u16) -> Option<u32> {
         .ok()
 }
 
+/// A warning when the broker `kafka_pid` and this process are in different scheduler
+/// autogroups. With autogroups on, CFS shares the cores between groups (one per session)
+/// before threads, so a broker started in a session of its own had its collector and
+/// request threads wait 100-300 ms for a core under load (PERFORMANCE.md, session 10).
+pub(crate) fn autogroup_warning(kafka_pid: u32) -> Option<String> {
+    let enabled = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled").ok()?;
+    let group = |pid: &str| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).ok()?;
+        text.split_whitespace().next().map(str::to_owned)
+    };
+    let (kafka, bench) = (group(&kafka_pid.to_string())?, group("self")?);
+    (enabled.trim() == "1" && kafka != bench).then(|| {
+        format!(
+            "warning: Kafka (pid {kafka_pid}) runs in scheduler autogroup {kafka} and the bench \
+             in {bench}, so the cores are shared between the groups first; Kafka's latency \
+             figures suffer for it (PERFORMANCE.md, session 10). Start Kafka from this shell \
+             (deploy/kafka.sh start), or let deploy/bench.sh start it"
+        )
+    })
+}
+
 /// `ss -tieH` prints each socket on one line (with `ino:N`, its inode) and its `tcp_info`
 /// on the next, indented line; `owner` says which process holds an inode, if any watched.
 fn parse_ss(text: &str, mut owner: impl FnMut(u64) -> Option<u32>) -> KafkaBytes {
