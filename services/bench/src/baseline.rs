@@ -140,7 +140,8 @@ impl ClientSeconds {
         }
     }
 
-    /// "round trip p99 median 2.1 / worst 40.2 ms, max 61.0 ms; ..." over the seconds seen.
+    /// "broker round trip p99 median 2.1 / worst 40.2 ms, max 61.0 ms; ..." over the seconds
+    /// seen; the count of seconds is the round trip's, the window every produce request fills.
     pub(crate) fn summary(&self) -> String {
         let one = |name: &str, list: &[(i64, i64)]| {
             let mut p99: Vec<i64> = list.iter().map(|w| w.0).collect();
