@@ -99,9 +99,9 @@ fn descriptions(records: &[AuditRecord]) -> impl Iterator<Item = (&str, &EventRe
 /// described. A delivery whose position the chain never described is not found here; see
 /// [`unattributed`].
 pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<Receipt<'a>> {
-    let described: HashMap<(&str, &str), &EventRef> = descriptions(records)
+    let described: HashMap<(&str, (i32, i64)), &EventRef> = descriptions(records)
         .filter(|(_, d)| d.subject == subject)
-        .map(|(chain, d)| ((chain, d.position.as_str()), d))
+        .filter_map(|(chain, d)| Some(((chain, at(&d.position)?), d)))
         .collect();
     let described = &described;
     let mut found = Vec::new();
@@ -119,8 +119,8 @@ pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<Re
             });
         }
         let by_position = e.delivered.iter().flat_map(|group| {
-            group.positions.iter().filter_map(move |p| {
-                let d = described.get(&(record.chain.as_str(), p.as_str()))?;
+            group.each().filter_map(move |p| {
+                let d = described.get(&(record.chain.as_str(), p))?;
                 Some((*d, group.agreements.as_slice()))
             })
         });
@@ -146,8 +146,8 @@ pub fn deliveries_about<'a>(records: &'a [AuditRecord], subject: &str) -> Vec<Re
 /// Above zero, a `Read` record is missing (its chain then fails [`verify`] too) or the
 /// trail was read only in part.
 pub fn unattributed(records: &[AuditRecord]) -> usize {
-    let described: std::collections::HashSet<(&str, &str)> = descriptions(records)
-        .map(|(chain, d)| (chain, d.position.as_str()))
+    let described: std::collections::HashSet<(&str, (i32, i64))> = descriptions(records)
+        .filter_map(|(chain, d)| Some((chain, at(&d.position)?)))
         .collect();
     records
         .iter()
@@ -156,11 +156,18 @@ pub fn unattributed(records: &[AuditRecord]) -> usize {
             r.entry
                 .delivered
                 .iter()
-                .flat_map(|g| &g.positions)
-                .map(move |p| (r.chain.as_str(), p.as_str()))
+                .flat_map(|g| g.each())
+                .map(move |p| (r.chain.as_str(), p))
         })
         .filter(|key| !described.contains(key))
         .count()
+}
+
+/// The one position an event description names.
+fn at(position: &str) -> Option<(i32, i64)> {
+    crate::positions::Run::parse(position)
+        .filter(|run| run.len() == 1)
+        .map(|run| (run.partition, run.first))
 }
 
 #[cfg(test)]
@@ -297,7 +304,11 @@ mod tests {
             ..Default::default()
         };
         let (mut c1, mut c2) = (Chain::new("c1".into()), Chain::new("c2".into()));
-        let read = vec![event("a", "psn:1", "0:7"), event("b", "psn:2", "0:8")];
+        let read = vec![
+            event("a", "psn:1", "0:7"),
+            event("b", "psn:2", "0:8"),
+            event("c", "psn:1", "0:9"),
+        ];
         let t = vec![
             c1.next(entry(Action::Read, "", read, vec![])),
             c1.next(entry(
@@ -310,7 +321,7 @@ mod tests {
                 Action::Deliver,
                 "two",
                 vec![],
-                vec![by_position("dsa-2", &["0:8", "0:7"])],
+                vec![by_position("dsa-2", &["0:8-9", "0:7"])],
             )),
             // Another instance's chain: the same position is not its event, and it never
             // described it.
@@ -322,7 +333,8 @@ mod tests {
             )),
         ];
         assert_eq!(verify(&t).map(|s| s.records), Ok(4));
-        assert_eq!(t[2].entry.named(), 2);
+        // A run names each of its positions.
+        assert_eq!(t[2].entry.named(), 3);
         let found = deliveries_about(&t, "psn:1");
         assert_eq!(
             found
@@ -333,7 +345,11 @@ mod tests {
                     r.agreements[0].as_str()
                 ))
                 .collect::<Vec<_>>(),
-            [("one", "a", "dsa-1"), ("two", "a", "dsa-2")]
+            [
+                ("one", "a", "dsa-1"),
+                ("two", "c", "dsa-2"),
+                ("two", "a", "dsa-2")
+            ]
         );
         assert_eq!(
             unattributed(&t),

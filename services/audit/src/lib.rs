@@ -9,10 +9,12 @@
 //!
 //! - [`record`]: the record and how its hash is computed;
 //! - [`chain`]: verification and the subject-access query;
+//! - [`positions`]: how records name Kafka positions, singly or in runs;
 //! - [`writer`]: the background writer services record through;
 //! - [`reader`]: reads the whole trail back from Kafka.
 
 pub mod chain;
+pub mod positions;
 pub mod reader;
 pub mod record;
 pub mod writer;

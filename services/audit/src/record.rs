@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::positions;
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,7 +39,9 @@ pub struct Entry {
     pub subject: String,
     /// The agreements the action was taken under.
     pub agreements: Vec<String>,
-    /// Anything else: the reason for a refusal, the Kafka position of an event.
+    /// Anything else: the reason for a refusal, the Kafka position of an event. For an
+    /// acknowledgement, the positions acknowledged, separated by spaces, each a position or
+    /// a run of them (see [`crate::positions`]; [`Entry::acknowledged`] reads them).
     pub detail: String,
     /// For a publish or a delivery: each event the record covers, in order. One record per
     /// publish request or per message sent rather than per event, so that batches cost one
@@ -62,21 +66,35 @@ impl Entry {
             + self
                 .delivered
                 .iter()
-                .map(|d| d.positions.len())
+                .map(|d| d.each().count())
                 .sum::<usize>()
+    }
+
+    /// For an acknowledgement: each position acknowledged, as `(partition, offset)`.
+    pub fn acknowledged(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+        let detail = (self.action == Some(Action::Ack)).then_some(self.detail.as_str());
+        positions::expand(detail.into_iter().flat_map(|d| d.split(' ')))
     }
 }
 
-/// Events delivered under the same agreements, by position (`<partition>:<offset>` in the
-/// events topic). What each one is and whom it is about is in the `events` of an earlier
+/// Events delivered under the same agreements, by position in the events topic:
+/// `<partition>:<offset>`, or a run of consecutive offsets `<partition>:<first>-<last>`
+/// (see [`crate::positions`]). What each one is and whom it is about is in the `events` of an earlier
 /// `Read` record of the same chain with the same position; a chain reads one topic for its
 /// whole life, so the position is unambiguous within it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered {
     /// The agreements they were delivered under.
     pub agreements: Vec<String>,
-    /// Where Kafka holds each, as a subscriber's `ack_id`.
+    /// Where Kafka holds them: positions, as a subscriber's `ack_id`, or runs of them.
     pub positions: Vec<String>,
+}
+
+impl Delivered {
+    /// Each position delivered, as `(partition, offset)`.
+    pub fn each(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+        positions::expand(self.positions.iter().map(String::as_str))
+    }
 }
 
 /// One event published or delivered: what it was, whom it was about, and why it was
