@@ -79,11 +79,16 @@ pub struct At<'a> {
 /// Deliveries written one by one into a single response.
 #[derive(Debug, Default)]
 pub struct Deliveries {
-    /// The encoded `Delivery` messages, each with its field key and length (as the
-    /// `deliveries` field of `Deliveries` holds them).
+    /// [`ROOM`] bytes for the response's own key and length, then the encoded `Delivery`
+    /// messages, each with its field key and length (as the `deliveries` field of
+    /// `Deliveries` holds them); empty until the first is added.
     body: BytesMut,
     count: usize,
 }
+
+/// Room kept in front of the deliveries for the response's key (one byte) and length (at
+/// most five), so that the response is the same buffer rather than a copy of it.
+const ROOM: usize = 6;
 
 /// Field numbers, from `subscriber.proto` and `event.proto`.
 mod tag {
@@ -113,7 +118,10 @@ impl Deliveries {
             + position_len
             + string_len(tag::DELIVERY_ACK_ID, ack_id);
         let b = &mut self.body;
-        b.reserve(key_len(tag::DELIVERIES_DELIVERY) + 5 + delivery_len);
+        b.reserve(ROOM + key_len(tag::DELIVERIES_DELIVERY) + 5 + delivery_len);
+        if b.is_empty() {
+            b.put_bytes(0, ROOM);
+        }
         length_delimited(tag::DELIVERIES_DELIVERY, delivery_len, b);
         length_delimited(tag::DELIVERY_EVENT, event.len(), b);
         b.put_slice(event);
@@ -137,17 +145,21 @@ impl Deliveries {
 
     /// The size of what has been added so far, in bytes.
     pub fn bytes(&self) -> usize {
-        self.body.len()
+        self.body.len().saturating_sub(ROOM)
     }
 
     /// The response carrying every delivery added, as `deliveries`; and this, emptied.
     pub fn take_batch(&mut self) -> EncodedResponse {
         self.count = 0;
-        let body = self.body.split();
-        let mut out = BytesMut::with_capacity(key_len(tag::RESPONSE_DELIVERIES) + 5 + body.len());
-        length_delimited(tag::RESPONSE_DELIVERIES, body.len(), &mut out);
-        out.put_slice(&body);
-        EncodedResponse(out.freeze())
+        let mut body = self.body.split();
+        if body.is_empty() {
+            body.put_bytes(0, ROOM);
+        }
+        let len = body.len() - ROOM;
+        let start = ROOM - key_len(tag::RESPONSE_DELIVERIES) - encoded_len_varint(len as u64);
+        length_delimited(tag::RESPONSE_DELIVERIES, len, &mut &mut body[start..ROOM]);
+        let _ = body.split_to(start);
+        EncodedResponse(body.freeze())
     }
 
     /// The response carrying the one delivery added, as `delivery`; and this, emptied.
@@ -157,14 +169,18 @@ impl Deliveries {
             return None;
         }
         self.count = 0;
-        // The body is the Delivery with the key of `Deliveries.deliveries` (1) in front;
-        // as `SubscribeResponse.delivery` it takes key 2 and the same length.
+        // After the room, the body is the Delivery with the key of `Deliveries.deliveries`
+        // (1) in front; as `SubscribeResponse.delivery` it takes key 2, of the same size,
+        // and the same length.
         let mut body = self.body.split();
-        let key = key_len(tag::DELIVERIES_DELIVERY);
-        let mut out = BytesMut::with_capacity(key_len(tag::RESPONSE_DELIVERY) + body.len());
-        encode_key(tag::RESPONSE_DELIVERY, WireType::LengthDelimited, &mut out);
-        out.put_slice(&body.split_off(key));
-        Some(EncodedResponse(out.freeze()))
+        const _: () = assert!(key_len(tag::DELIVERIES_DELIVERY) == key_len(tag::RESPONSE_DELIVERY));
+        encode_key(
+            tag::RESPONSE_DELIVERY,
+            WireType::LengthDelimited,
+            &mut &mut body[ROOM..],
+        );
+        let _ = body.split_to(ROOM);
+        Some(EncodedResponse(body.freeze()))
     }
 }
 
