@@ -601,7 +601,7 @@ async fn the_subject_query_returns_exactly_the_deliveries_made_and_tampering_is_
                 .iter()
                 .filter(|r| r.entry.action == Some(action))
                 .map(|r| match action {
-                    crier_audit::Action::Ack => r.entry.detail.split(' ').count(),
+                    crier_audit::Action::Ack => r.entry.acknowledged().count(),
                     _ => r.entry.named(),
                 })
                 .sum()
@@ -619,15 +619,9 @@ async fn the_subject_query_returns_exactly_the_deliveries_made_and_tampering_is_
     .await;
     let summary = crier_audit::chain::verify(&trail).expect("an untouched trail verifies");
     assert_eq!(summary.records, trail.len());
-    let mut acked: Vec<(&str, &str)> = trail
+    let mut acked: Vec<(&str, (i32, i64))> = trail
         .iter()
-        .filter(|r| r.entry.action == Some(crier_audit::Action::Ack))
-        .flat_map(|r| {
-            r.entry
-                .detail
-                .split(' ')
-                .map(|p| (r.entry.actor.as_str(), p))
-        })
+        .flat_map(|r| r.entry.acknowledged().map(|p| (r.entry.actor.as_str(), p)))
         .collect();
     acked.sort();
     acked.dedup();

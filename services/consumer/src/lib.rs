@@ -77,7 +77,7 @@ pub async fn serve(
     let policy = crier_agreements::reload::load_and_watch(&config.agreements, readers.clone())
         .map_err(Error::Config)?;
     // One Kafka producer for the instance's writes: cursors and audit records.
-    let producer = crier_kafka::Writer::start(config.kafka.producer())?;
+    let producer = crier_kafka::Writer::start(config.kafka.background_producer())?;
     let (auditor, audit_task) =
         crier_audit::Auditor::start(producer.clone(), config.kafka.audit_topic.clone());
     // Partition leaders may still be being elected just after the topics were created.

@@ -18,6 +18,9 @@ pub struct Record {
     pub partition: i32,
     /// Offset within the partition.
     pub offset: i64,
+    /// `<partition>:<offset>`: what a subscriber acknowledges it by. Made once here rather
+    /// than for each of the streams that deliver the record.
+    pub ack_id: String,
     /// The decoded event; `None` for a record that is not a Crier CloudEvent, which is
     /// stepped over (and counted) rather than stalling every subscription behind it.
     pub event: Option<Event>,
@@ -36,6 +39,7 @@ impl Record {
         Self {
             partition,
             offset,
+            ack_id: format!("{partition}:{offset}"),
             event,
             written_ms: None,
             whole: OnceLock::new(),
