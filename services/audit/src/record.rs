@@ -79,9 +79,9 @@ impl Entry {
 
 /// Events delivered under the same agreements, by position in the events topic:
 /// `<partition>:<offset>`, or a run of consecutive offsets `<partition>:<first>-<last>`
-/// (see [`crate::positions`]). What each one is and whom it is about is in the `events` of an earlier
-/// `Read` record of the same chain with the same position; a chain reads one topic for its
-/// whole life, so the position is unambiguous within it.
+/// (see [`crate::positions`]). What each one is and whom it is about is in the `events`
+/// of an earlier `Read` record of the same chain with the same position; a chain reads one
+/// topic for its whole life, so the position is unambiguous within it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered {
     /// The agreements they were delivered under.

@@ -616,8 +616,8 @@ impl Session {
     }
 
     /// The agreements in force, and the time to judge them at, for the deliveries made
-    /// before the stream next waits. Taken once per record, it was a shared lock and two
-    /// atomic counts on one cache line per delivery, 100,000 a second across both cores.
+    /// before the stream next waits. Taken for every delivery, it was a shared lock and two
+    /// atomic counts on one cache line each time, 100,000 times a second across both cores.
     fn policy_now(&self) -> PolicyNow {
         PolicyNow {
             policy: self.shared.policy.get(),
@@ -659,8 +659,9 @@ impl Session {
 
     /// Audits what this stream sent, then what was acknowledged, since it last did: one
     /// Deliver record naming each event sent, and one Ack record naming each position
-    /// acknowledged, both in runs of consecutive offsets (`crier_audit::positions`). Done at every cursor flush, at the end of the stream, and whenever
-    /// [`MAX_PER_AUDIT_RECORD`] have gathered. A record per message sent and per Ack
+    /// acknowledged, both in runs of consecutive offsets (`crier_audit::positions`). Done
+    /// at every cursor flush, at the end of the stream, and whenever
+    /// [`MAX_PER_AUDIT_RECORD`] items have gathered. A record per message sent and per Ack
     /// received was two hashed JSON records per message, tens of thousands a second at
     /// full fan-out, and most of the audit trail's cost (PERFORMANCE.md); the trail says
     /// the same, to the cursor flush interval.
