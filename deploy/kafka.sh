@@ -86,10 +86,10 @@ port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # Prints the collector flags: CRIER_KAFKA_GC if set, else Shenandoah if this JDK has it,
 # else G1. G1 stops the broker for every young collection: under the benchmark's load
-# they came about every 1.2 s and lasted 18-24 ms at the median and up to 120 ms, each one
+# they came about every 1.2 s and lasted 18-24 ms at the median and up to 132 ms, each one
 # delaying every request in flight; Kafka's own p99 in those runs, 15-19 ms, was of that
 # size.
-# Shenandoah's pauses in the same runs were 0.1 ms at the median and at most 3.7 ms, for
+# Shenandoah's pauses in the same runs were 0.1 ms at the median and at most 4.8 ms, for
 # about the same broker CPU (PERFORMANCE.md, session 13). Some JDK builds (Oracle's)
 # leave Shenandoah out.
 choose_gc() {
