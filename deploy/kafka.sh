@@ -86,11 +86,11 @@ port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # Prints the collector flags: CRIER_KAFKA_GC if set, else Shenandoah if this JDK has it,
 # else G1. G1 stops the broker for every young collection: under the benchmark's load
-# they came about every 1.2 s and lasted 18-24 ms at the median and up to 132 ms, each one
-# delaying every request in flight (Kafka's own p99 in that session's quiet runs was
-# 15-19 ms). Shenandoah's pauses in the same A/B were 0.1 ms at the median and at most 4.8 ms, for
-# about the same broker CPU (PERFORMANCE.md, session 13). Some JDK builds (Oracle's)
-# leave Shenandoah out.
+# they came about every 1.2 s and lasted 18-24 ms at the median and up to 132 ms, each
+# one delaying every request in flight (Kafka's own p99 in that session's quiet runs was
+# 15-19 ms). Shenandoah's pauses in the same A/B were 0.1 ms at the median and at most
+# 4.8 ms, for about the same broker CPU (PERFORMANCE.md, session 13). Some JDK builds
+# (Oracle's) leave Shenandoah out.
 choose_gc() {
   if [[ -n $GC ]]; then
     printf '%s' "$GC"
