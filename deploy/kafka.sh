@@ -14,9 +14,12 @@ KAFKA_DIR=${CRIER_KAFKA_DIR:-$REPO_DIR/.cache/kafka}
 PORT=${CRIER_KAFKA_PORT:-9092}
 CONTROLLER_PORT=${CRIER_KAFKA_CONTROLLER_PORT:-9093}
 HEAP=${CRIER_KAFKA_HEAP:--Xms256m -Xmx1g}
-# The collector: see choose_gc. G1 is the fallback, with Kafka's own start script's flags.
-G1_GC="-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35"
-GC=${CRIER_KAFKA_GC:-}
+# The collector: G1 with Kafka's own start script's flags. Shenandoah
+# (CRIER_KAFKA_GC=-XX:+UseShenandoahGC) pauses the broker far less (a median 0.1 ms
+# against G1's 10-24 ms), but on a quiet host it made e2e latency worse, not better:
+# p99 88-95 ms against G1's 50-55 ms, with the live reader's fetches slower at the median
+# too (PERFORMANCE.md, session 14). Unary latency was the same on both.
+GC=${CRIER_KAFKA_GC:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35}
 START_TIMEOUT=${CRIER_KAFKA_START_TIMEOUT:-90}
 STOP_TIMEOUT=30
 HOST=127.0.0.1
@@ -57,7 +60,7 @@ Environment:
   CRIER_KAFKA_DIR               config, data, logs and pid file    [<repo>/.cache/kafka]
   CRIER_KAFKA_CACHE             downloaded jars                    [\${XDG_CACHE_HOME:-~/.cache}/crier/kafka-$KAFKA_VERSION]
   CRIER_KAFKA_HEAP              JVM heap flags                     [-Xms256m -Xmx1g]
-  CRIER_KAFKA_GC                JVM collector flags                [Shenandoah if the JDK has it, else $G1_GC]
+  CRIER_KAFKA_GC                JVM collector flags                [G1, with Kafka's own flags]
   CRIER_KAFKA_START_TIMEOUT     seconds to wait for readiness      [90]
   CRIER_KAFKA_RESET=1           with start/restart: wipe CRIER_KAFKA_DIR first (all topics lost)
   JAVA_HOME                     JDK to use (else java on PATH)
@@ -83,23 +86,6 @@ running_pid() {
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # --- setup -----------------------------------------------------------------------------
-
-# Prints the collector flags: CRIER_KAFKA_GC if set, else Shenandoah if this JDK has it,
-# else G1. G1 stops the broker for every young collection: under the benchmark's load
-# they came about every 1.2 s and lasted 18-24 ms at the median and up to 132 ms, each
-# one delaying every request in flight (Kafka's own p99 in that session's quiet runs was
-# 15-19 ms). Shenandoah's pauses in the same A/B were 0.1 ms at the median and at most
-# 4.8 ms, for about the same broker CPU (PERFORMANCE.md, session 13). Some JDK builds
-# (Oracle's) leave Shenandoah out.
-choose_gc() {
-  if [[ -n $GC ]]; then
-    printf '%s' "$GC"
-  elif "$JAVA" -XX:+UseShenandoahGC -version >/dev/null 2>&1; then
-    printf '%s' "-XX:+UseShenandoahGC"
-  else
-    printf '%s' "$G1_GC"
-  fi
-}
 
 check_java() {
   command -v "$JAVA" >/dev/null || die "java not found (need Java 17+; set JAVA_HOME or PATH)"
@@ -267,9 +253,7 @@ cmd_start() {
   : >"$BROKER_LOG"
   [[ -f $STDOUT_LOG ]] && mv -f "$STDOUT_LOG" "$STDOUT_LOG.prev"
 
-  local gc
-  gc=$(choose_gc)
-  say "starting Kafka $KAFKA_VERSION on $HOST:$PORT (controller $CONTROLLER_PORT, data $KAFKA_DIR, collector $gc)"
+  say "starting Kafka $KAFKA_VERSION on $HOST:$PORT (controller $CONTROLLER_PORT, data $KAFKA_DIR, collector $GC)"
   # The inner shell records its own pid and then execs java, so the pid file is the
   # broker's pid. nohup (and bash leaving SIGINT ignored for a background job) lets it
   # outlive the calling shell. It stays in the caller's session on purpose: with setsid
@@ -278,9 +262,9 @@ cmd_start() {
   # for a core (raw Kafka's p99 85-131 ms against 6-7 ms; PERFORMANCE.md, session 10).
   # Every pause is logged to $LOG_DIR/gc.log (two files of 10 MB at most), to check the
   # collector against latency.
-  # shellcheck disable=SC2086 # HEAP and gc are lists of JVM flags
+  # shellcheck disable=SC2086 # HEAP and GC are lists of JVM flags
   nohup bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
-    "$JAVA" $HEAP $gc -server -XX:+ExplicitGCInvokesConcurrent \
+    "$JAVA" $HEAP $GC -server -XX:+ExplicitGCInvokesConcurrent \
     "-Xlog:gc:file=$LOG_DIR/gc.log:uptime:filecount=2,filesize=10m" \
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$LOG4J_CONFIG" \
