@@ -138,24 +138,32 @@ impl Receipts {
     }
 
     /// Adds the delivery of `rec` under `agreements`; `describe`: the trail does not
-    /// describe it yet.
-    fn add(&mut self, rec: &Record, describe: bool, agreements: Vec<String>) {
+    /// describe it yet. The ids are copied only for a new group or a described event.
+    fn add(&mut self, rec: &Record, describe: bool, agreements: &[&str]) {
+        let owned = || agreements.iter().map(|a| (*a).to_owned()).collect();
         if describe && let Some(event) = &rec.event {
             self.described.push(EventRef {
                 event_id: event.id.clone(),
                 event_type: event.r#type.clone(),
                 subject: event.subject.clone(),
-                agreements,
+                agreements: owned(),
                 position: rec.ack_id.clone(),
             });
             return;
         }
         match self.delivered.last_mut() {
-            Some((group, runs)) if *group == agreements => runs.push(rec.partition, rec.offset),
+            Some((group, runs))
+                if group
+                    .iter()
+                    .map(String::as_str)
+                    .eq(agreements.iter().copied()) =>
+            {
+                runs.push(rec.partition, rec.offset)
+            }
             _ => {
                 let mut runs = Runs::default();
                 runs.push(rec.partition, rec.offset);
-                self.delivered.push((agreements, runs));
+                self.delivered.push((owned(), runs));
             }
         }
     }
@@ -610,7 +618,7 @@ impl Session {
             .chain(rec.written_ms)
             .min();
         self.receipts
-            .add(rec, !described_in_trail, entitled.agreements);
+            .add(rec, !described_in_trail, &entitled.agreements);
         self.unacked.entry(p).or_default().insert(rec.offset);
         self.in_flight += 1;
     }
@@ -837,19 +845,22 @@ mod tests {
     #[test]
     fn receipts_name_consecutive_deliveries_as_one_run_per_agreement_set() {
         let mut receipts = Receipts::default();
-        let dsa = || vec!["dsa-1".to_owned()];
+        let dsa: &[&str] = &["dsa-1"];
         for offset in 10..14 {
-            receipts.add(&record(offset), false, dsa());
+            receipts.add(&record(offset), false, dsa);
         }
-        receipts.add(&record(15), false, dsa());
-        receipts.add(&record(16), false, vec!["dsa-2".to_owned()]);
-        receipts.add(&record(17), true, dsa());
+        receipts.add(&record(15), false, dsa);
+        receipts.add(&record(16), false, &["dsa-2"]);
+        receipts.add(&record(17), true, dsa);
         assert_eq!(receipts.len(), 4);
         let entry = receipts.take();
         assert_eq!(entry.named(), 7);
         assert_eq!(entry.delivered[0].positions, ["0:10-13", "0:15"]);
+        assert_eq!(entry.delivered[0].agreements, ["dsa-1"]);
         assert_eq!(entry.delivered[1].positions, ["0:16"]);
+        assert_eq!(entry.delivered[1].agreements, ["dsa-2"]);
         assert_eq!(entry.events[0].position, "0:17");
+        assert_eq!(entry.events[0].agreements, ["dsa-1"]);
         assert_eq!(receipts.len(), 0);
     }
 }
