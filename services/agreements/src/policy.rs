@@ -8,8 +8,6 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
 };
 
-use smallvec::SmallVec;
-
 use crate::{LoadError, fields::FieldTree};
 
 /// One data-sharing agreement.
@@ -70,7 +68,7 @@ pub struct Denied(pub String);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entitlement<'p> {
     /// The agreements that allow it, by id, in the policy's order, each once.
-    pub agreements: SmallVec<[&'p str; 2]>,
+    pub agreements: Vec<&'p str>,
     /// The payload fields shared: the union over those agreements.
     pub fields: Cow<'p, FieldTree>,
 }
@@ -225,7 +223,7 @@ impl Policy {
         areas: impl Iterator<Item = &'a str> + Clone,
         now: i64,
     ) -> Option<Entitlement<'p>> {
-        let mut agreements = SmallVec::new();
+        let mut agreements = Vec::new();
         let mut fields: Option<Cow<'p, FieldTree>> = None;
         for (a, g) in self.grants_to(identity, now) {
             let Some(tree) = g.fields.get(event_type) else {
@@ -329,27 +327,38 @@ areas = ["E06000002"]
 
     #[test]
     fn an_entitlement_under_two_agreements_names_each_once_and_shares_both_fields() {
-        let agreement = |id: &str, field: &str, areas: &[&str]| {
-            let grants: String = areas
-                .iter()
-                .map(|area| {
-                    format!(
-                        "[[agreement.subscriber]]\nidentity = \"{LA}\"\nareas = [\"{area}\"]\n\
-                         [agreement.subscriber.fields]\n\"{DEATH}\" = [\"{field}\"]\n"
-                    )
-                })
-                .collect();
-            format!(
-                "[[agreement]]\nid = \"{id}\"\nlegal_basis = \"x\"\npurpose = \"y\"\n\
-                 valid_from = \"2026-01-01T00:00:00Z\"\nvalid_until = \"2027-01-01T00:00:00Z\"\n\
-                 [[agreement.publisher]]\nidentity = \"uk.gov.gro/deaths\"\n\
-                 event_types = [\"{DEATH}\"]\n{grants}"
-            )
-        };
         // B grants the same subscriber twice, for two areas the event is about.
-        let text = agreement("A", "registration_id", &["E06000002"])
-            + &agreement("B", "name", &["E06000002", "E10000023"]);
-        let p = Policy::new(crate::file::parse("t", &text).unwrap());
+        let text = r#"
+[[agreement]]
+id = "A"
+legal_basis = "x"
+purpose = "y"
+valid_from = "2026-01-01T00:00:00Z"
+valid_until = "2027-01-01T00:00:00Z"
+[[agreement.subscriber]]
+identity = "uk.gov.local.E06000002/revenues"
+areas = ["E06000002"]
+[agreement.subscriber.fields]
+"crier.events.v1.DeathRegistered" = ["registration_id"]
+
+[[agreement]]
+id = "B"
+legal_basis = "x"
+purpose = "y"
+valid_from = "2026-01-01T00:00:00Z"
+valid_until = "2027-01-01T00:00:00Z"
+[[agreement.subscriber]]
+identity = "uk.gov.local.E06000002/revenues"
+areas = ["E06000002"]
+[agreement.subscriber.fields]
+"crier.events.v1.DeathRegistered" = ["name"]
+[[agreement.subscriber]]
+identity = "uk.gov.local.E06000002/revenues"
+areas = ["E10000023"]
+[agreement.subscriber.fields]
+"crier.events.v1.DeathRegistered" = ["name"]
+"#;
+        let p = Policy::new(crate::file::parse("t", text).unwrap());
 
         let both = p
             .entitlement(LA, DEATH, ["E06000002", "E10000023"].into_iter(), IN_2026)
