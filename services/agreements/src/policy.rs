@@ -248,11 +248,9 @@ impl Policy {
 mod tests {
     use super::*;
 
-    fn policy() -> Policy {
-        Policy::new(
-            crate::file::parse(
-                "t",
-                r#"
+    /// Agreement A: the GRO publishes deaths, and Middlesbrough's revenues team receives
+    /// their registration ids.
+    const FIXTURE: &str = r#"
 [[agreement]]
 id = "A"
 legal_basis = "x"
@@ -267,10 +265,10 @@ identity = "uk.gov.local.E06000002/revenues"
 areas = ["E06000002"]
 [agreement.subscriber.fields]
 "crier.events.v1.DeathRegistered" = ["registration_id"]
-"#,
-            )
-            .unwrap(),
-        )
+"#;
+
+    fn policy() -> Policy {
+        Policy::new(crate::file::parse("t", FIXTURE).unwrap())
     }
 
     const IN_2026: i64 = 1_780_000_000;
@@ -327,20 +325,9 @@ areas = ["E06000002"]
 
     #[test]
     fn an_entitlement_under_two_agreements_names_each_once_and_shares_both_fields() {
-        // B grants the same subscriber twice, for two areas the event is about.
-        let text = r#"
-[[agreement]]
-id = "A"
-legal_basis = "x"
-purpose = "y"
-valid_from = "2026-01-01T00:00:00Z"
-valid_until = "2027-01-01T00:00:00Z"
-[[agreement.subscriber]]
-identity = "uk.gov.local.E06000002/revenues"
-areas = ["E06000002"]
-[agreement.subscriber.fields]
-"crier.events.v1.DeathRegistered" = ["registration_id"]
-
+        // The fixture's A, and B, which grants the same subscriber twice, for two areas
+        // the event is about.
+        let agreement_b = r#"
 [[agreement]]
 id = "B"
 legal_basis = "x"
@@ -358,7 +345,7 @@ areas = ["E10000023"]
 [agreement.subscriber.fields]
 "crier.events.v1.DeathRegistered" = ["name"]
 "#;
-        let p = Policy::new(crate::file::parse("t", text).unwrap());
+        let p = Policy::new(crate::file::parse("t", &[FIXTURE, agreement_b].concat()).unwrap());
 
         let both = p
             .entitlement(LA, DEATH, ["E06000002", "E10000023"].into_iter(), IN_2026)
