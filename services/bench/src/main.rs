@@ -106,6 +106,11 @@ struct Args {
     /// acknowledgement round trip, not Crier, would set the pace.
     #[arg(long, value_name = "N", default_value_t = 8192)]
     max_in_flight: u32,
+    /// How long each subscriber may hold acknowledgements before sending them in one Ack,
+    /// as a subscriber that commits in batches would; 0 acknowledges whatever has arrived
+    /// as soon as it is read. Latency is measured on arrival either way.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    ack_every_ms: u64,
     /// Partitions of every events topic of the run, the baseline's included. 1, as for
     /// the one broker deploy/kafka.sh starts (deploy/local): Crier's consumer reads all
     /// partitions with one reader per instance, so partitions only spread leaders over
@@ -200,6 +205,8 @@ pub(crate) struct Plan {
     pub(crate) max_batch: u32,
     /// Unacknowledged deliveries each subscription asks to be allowed.
     pub(crate) max_in_flight: u32,
+    /// Longest a subscriber holds an acknowledgement; zero sends each as soon as it can.
+    pub(crate) ack_every: Duration,
     /// How long the fan-out phase's publisher gathers scheduled events into one
     /// `PublishBatch`; zero publishes each with unary `Publish`.
     pub(crate) e2e_batch: Duration,
@@ -228,6 +235,7 @@ impl Plan {
             streams: 2000,
             max_batch: 256,
             max_in_flight: 8192,
+            ack_every: Duration::ZERO,
             e2e_batch: Duration::from_millis(2),
         }
     }
@@ -250,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
     plan.rate = args.rate;
     plan.max_batch = args.max_batch;
     plan.max_in_flight = args.max_in_flight;
+    plan.ack_every = Duration::from_millis(args.ack_every_ms);
     plan.e2e_batch = Duration::from_millis(args.e2e_batch_ms);
     let wanted = |p: Phase| args.only.is_empty() || args.only.contains(&p);
     let started = Instant::now();
@@ -456,8 +465,15 @@ async fn main() -> anyhow::Result<()> {
             Some(r.read_amplification_counter)
         });
         notes.push(format!(
-            "e2e: {}; streams opened with max_batch {} and max_in_flight {}",
-            r.publishing, plan.max_batch, plan.max_in_flight
+            "e2e: {}; streams opened with max_batch {} and max_in_flight {}; acknowledgements {}",
+            r.publishing,
+            plan.max_batch,
+            plan.max_in_flight,
+            if plan.ack_every.is_zero() {
+                "sent as deliveries are read".to_owned()
+            } else {
+                format!("held up to {:?}", plan.ack_every)
+            }
         ));
         notes.push(format!(
             "e2e: {} subscriptions opened in {:.1}s; {} events published ({}); {} deliveries \

@@ -1,5 +1,6 @@
 //! The subscriber side, as local authorities would run it: open named subscriptions, one
-//! connection per organisation, and acknowledge every delivery as it arrives.
+//! connection per organisation, and acknowledge every delivery, as it arrives or within
+//! the plan's `ack_every`.
 //!
 //! Used by the fan-out latency phase (`e2e`) and the memory phase (`memory`).
 
@@ -47,6 +48,8 @@ pub(crate) struct Spec {
 #[derive(Debug)]
 pub(crate) struct OpenStream {
     pub(crate) name: String,
+    /// Longest an acknowledgement is held, to go out with later ones.
+    ack_every: Duration,
     acks: mpsc::Sender<SubscribeRequest>,
     inbound: Streaming<slim::Response>,
 }
@@ -122,6 +125,7 @@ async fn open(channel: Channel, spec: Spec, plan: &crate::Plan) -> anyhow::Resul
     }
     Ok(OpenStream {
         name: spec.name,
+        ack_every: plan.ack_every,
         acks,
         inbound,
     })
@@ -129,7 +133,8 @@ async fn open(channel: Channel, spec: Spec, plan: &crate::Plan) -> anyhow::Resul
 
 impl OpenStream {
     /// Receives until `stop`, calling `on_delivery` with each delivery and the instant it
-    /// arrived, and acknowledging every delivery (batched with whatever else has arrived).
+    /// arrived, and acknowledging every delivery: with whatever else has arrived, and held
+    /// up to `ack_every` (or until [`MAX_ACK_BATCH`] have gathered) to go out with later ones.
     pub(crate) async fn consume<F>(
         mut self,
         stop: CancellationToken,
@@ -139,12 +144,16 @@ impl OpenStream {
         F: FnMut(&Delivery, Instant),
     {
         let mut ack_ids = Vec::with_capacity(MAX_ACK_BATCH);
+        // When the acknowledgements held must go: `ack_every` after the first of them.
+        let mut ack_due: Option<tokio::time::Instant> = None;
         loop {
             let msg = tokio::select! {
                 _ = stop.cancelled() => break,
-                msg = self.inbound.message() => msg,
+                () = tokio::time::sleep_until(ack_due.unwrap_or_else(tokio::time::Instant::now)),
+                    if ack_due.is_some() => None,
+                msg = self.inbound.message() => Some(msg),
             };
-            let mut next = Some(msg);
+            let mut next = msg;
             while let Some(msg) = next.take() {
                 match msg {
                     Ok(Some(m)) => {
@@ -177,6 +186,11 @@ impl OpenStream {
             if ack_ids.is_empty() {
                 continue;
             }
+            let due = *ack_due.get_or_insert_with(|| tokio::time::Instant::now() + self.ack_every);
+            if ack_ids.len() < MAX_ACK_BATCH && tokio::time::Instant::now() < due {
+                continue;
+            }
+            ack_due = None;
             let ack = SubscribeRequest {
                 request: Some(ClientMsg::Ack(Ack {
                     ack_ids: std::mem::take(&mut ack_ids),
