@@ -135,6 +135,8 @@ impl OpenStream {
     /// Receives until `stop`, calling `on_delivery` with each delivery and the instant it
     /// arrived, and acknowledging every delivery: with whatever else has arrived, and held
     /// up to `ack_every` (or until [`MAX_ACK_BATCH`] have gathered) to go out with later ones.
+    /// Acknowledgements still held when `stop` comes are not sent: the phase is over, and
+    /// its subscriptions are not opened again.
     pub(crate) async fn consume<F>(
         mut self,
         stop: CancellationToken,
