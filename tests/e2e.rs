@@ -414,6 +414,40 @@ async fn a_retried_publish_with_the_same_id_is_delivered_once() {
 }
 
 #[tokio::test]
+async fn copies_of_a_new_event_sent_at_once_are_written_once_and_all_get_its_position() {
+    let kafka = kafka_config("dedup-race");
+    let producer = start_producer(&kafka).await;
+    let client = publisher(&producer).await;
+    let e = event(DEATH, "psn:race", &["E06000002"]);
+    // Sent together, the copies after the first arrive while Kafka has not yet answered
+    // it, so they wait on its claim rather than find it done.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (mut client, e) = (client.clone(), e.clone());
+        calls.spawn(async move { client.publish(PublishRequest { event: Some(e) }).await });
+    }
+    let answers: Vec<_> = calls
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().into_inner())
+        .collect();
+    let written: Vec<_> = answers.iter().filter(|a| !a.duplicate).collect();
+    assert_eq!(written.len(), 1, "exactly one copy is written: {answers:?}");
+    for a in &answers {
+        assert_eq!(
+            a.position, written[0].position,
+            "every copy is told the same position"
+        );
+    }
+    assert_eq!(
+        records_in(&kafka, &kafka.events_topic),
+        1,
+        "Kafka holds the event once"
+    );
+}
+
+#[tokio::test]
 async fn bad_events_get_invalid_argument_naming_the_field_and_nothing_is_written() {
     let kafka = kafka_config("bad-input");
     let producer = start_producer(&kafka).await;

@@ -7,10 +7,11 @@
 //! the claim is released so the retry can write. The memory is per producer instance and is
 //! bounded by `capacity` and `window` (see ARCHITECTURE.md, "Deduplication").
 //!
-//! A pair is remembered as 128 bits of its SHA-256 and a completed one as `(partition,
-//! offset)`: by type sizes about 80 bytes an event (map entry and expiry queue), so the
-//! default million take about 80 MiB rather than the hundreds that string keys took. Two
-//! different pairs sharing 128 hash bits is not a practical concern.
+//! A pair is remembered as 128 bits of its SHA-256 (a [`Key`], made once per event) and a
+//! completed one as `(partition, offset)`: by type sizes about 80 bytes an event (map entry
+//! and expiry queue), so the default million take about 80 MiB rather than the hundreds
+//! that string keys took. Two different pairs sharing 128 hash bits is not a practical
+//! concern.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
@@ -22,24 +23,29 @@ use crier_proto::v1::Position;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-type Key = u128;
+/// What the table remembers a `(source, id)` pair by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key(u128);
 
-fn key(source: &str, id: &str) -> Key {
-    let mut h = Sha256::new();
-    h.update(source.as_bytes());
-    h.update([0]);
-    h.update(id.as_bytes());
-    let digest = h.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    u128::from_le_bytes(bytes)
+impl Key {
+    /// The key of the pair `(source, id)`.
+    pub fn of(source: &str, id: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(source.as_bytes());
+        h.update([0]);
+        h.update(id.as_bytes());
+        let digest = h.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Self(u128::from_le_bytes(bytes))
+    }
 }
 
 /// The outcome of trying to claim a `(source, id)`.
 #[derive(Debug)]
 pub enum Claim {
     /// Nobody has published this pair: the caller must publish, then call
-    /// [`Dedup::complete`] or [`Dedup::release`] (or their `_many` forms).
+    /// [`Dedup::complete_many`] or [`Dedup::release_many`].
     Mine,
     /// Already durably published at this position.
     Done(Position),
@@ -58,9 +64,22 @@ pub enum Claimed {
 
 #[derive(Debug)]
 enum Slot {
-    Pending(watch::Sender<bool>),
+    /// Being published. The channel to wake waiting retries is made only when the first
+    /// one arrives: a retry during the publish is rare, and making a channel for every
+    /// claim was about a tenth of the producer's work per event (PERFORMANCE.md,
+    /// session 17).
+    Pending(Option<watch::Sender<bool>>),
     /// Partition and offset; the topic is the service's one events topic.
     Done(i32, i64),
+}
+
+impl Slot {
+    /// Wakes any retry waiting on this claim.
+    fn settle(self) {
+        if let Slot::Pending(Some(waiters)) = self {
+            let _ = waiters.send(true);
+        }
+    }
 }
 
 /// The remembered `(source, id)` pairs.
@@ -107,27 +126,22 @@ impl Dedup {
         }
     }
 
-    /// Claims `(source, id)` for publishing, or says why not.
-    pub fn claim(&self, source: &str, id: &str) -> Claim {
-        let key = key(source, id);
+    /// Claims `key`'s pair for publishing, or says why not.
+    pub fn claim(&self, key: Key) -> Claim {
         let mut inner = self.lock();
         inner.expire(Instant::now(), self.window, self.capacity);
         self.claim_key(&mut inner, key)
     }
 
     /// Claims each pair as [`Dedup::claim`] would, in order, under one lock. A pair that
-    /// appears again within `pairs` is a [`Claimed::Repeat`] of its first index: claiming it
+    /// appears again within `keys` is a [`Claimed::Repeat`] of its first index: claiming it
     /// again would make the caller wait on its own claim.
-    pub fn claim_many<'a>(
-        &self,
-        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Vec<Claimed> {
-        let keys: Vec<Key> = pairs.into_iter().map(|(s, id)| key(s, id)).collect();
-        let mut first = HashMap::with_capacity(keys.len());
+    pub fn claim_many(&self, keys: impl IntoIterator<Item = Key>) -> Vec<Claimed> {
+        let keys = keys.into_iter();
+        let mut first = HashMap::with_capacity(keys.size_hint().0);
         let mut inner = self.lock();
         inner.expire(Instant::now(), self.window, self.capacity);
-        keys.into_iter()
-            .enumerate()
+        keys.enumerate()
             .map(|(i, key)| match first.entry(key) {
                 Entry::Occupied(at) => Claimed::Repeat(*at.get()),
                 Entry::Vacant(slot) => {
@@ -139,58 +153,51 @@ impl Dedup {
     }
 
     fn claim_key(&self, inner: &mut Inner, key: Key) -> Claim {
-        match inner.slots.get(&key) {
-            Some(Slot::Done(partition, offset)) => Claim::Done(Position {
-                topic: self.topic.clone(),
-                partition: *partition,
-                offset: *offset,
-            }),
-            Some(Slot::Pending(tx)) => Claim::Wait(tx.subscribe()),
-            None => {
-                let (tx, _) = watch::channel(false);
-                inner.slots.insert(key, Slot::Pending(tx));
+        match inner.slots.entry(key) {
+            Entry::Occupied(mut slot) => match slot.get_mut() {
+                Slot::Done(partition, offset) => Claim::Done(Position {
+                    topic: self.topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                }),
+                Slot::Pending(waiters) => Claim::Wait(
+                    waiters
+                        .get_or_insert_with(|| watch::channel(false).0)
+                        .subscribe(),
+                ),
+            },
+            Entry::Vacant(slot) => {
+                slot.insert(Slot::Pending(None));
                 Claim::Mine
             }
         }
     }
 
-    /// Records that the claimed pair is durably at `position`.
-    pub fn complete(&self, source: &str, id: &str, position: Position) {
-        self.complete_many([(source, id, &position)]);
-    }
-
-    /// Records that each claimed pair is durably at its position, under one lock.
-    pub fn complete_many<'a>(
-        &self,
-        done: impl IntoIterator<Item = (&'a str, &'a str, &'a Position)>,
-    ) {
-        let done: Vec<(Key, i32, i64)> = done
-            .into_iter()
-            .map(|(s, id, p)| (key(s, id), p.partition, p.offset))
-            .collect();
+    /// Records that each claimed pair is durably at its position, under one lock, and wakes
+    /// the retries waiting on them.
+    pub fn complete_many<'a>(&self, done: impl IntoIterator<Item = (Key, &'a Position)>) {
         let mut inner = self.lock();
         let now = Instant::now();
-        for (key, partition, offset) in done {
-            if let Some(Slot::Pending(tx)) = inner.slots.insert(key, Slot::Done(partition, offset))
+        for (key, position) in done {
+            if let Some(was) = inner
+                .slots
+                .insert(key, Slot::Done(position.partition, position.offset))
             {
-                let _ = tx.send(true);
+                was.settle();
             }
             inner.order.push_back((now, key));
         }
     }
 
-    /// Gives up a claim after a failed publish, waking any waiting retry.
-    pub fn release(&self, source: &str, id: &str) {
-        self.release_many([(source, id)]);
-    }
-
-    /// Gives up each claim after failed publishes, under one lock.
-    pub fn release_many<'a>(&self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
-        let keys: Vec<Key> = pairs.into_iter().map(|(s, id)| key(s, id)).collect();
+    /// Gives up each claim after failed publishes, under one lock, waking any waiting
+    /// retries so one of them can publish.
+    pub fn release_many(&self, keys: impl IntoIterator<Item = Key>) {
         let mut inner = self.lock();
         for key in keys {
-            if let Some(Slot::Pending(tx)) = inner.slots.remove(&key) {
-                let _ = tx.send(true);
+            if let Entry::Occupied(slot) = inner.slots.entry(key)
+                && matches!(slot.get(), Slot::Pending(_))
+            {
+                slot.remove().settle();
             }
         }
     }
@@ -207,10 +214,13 @@ impl Inner {
             if now.duration_since(*at) <= window && self.order.len() <= capacity {
                 break;
             }
+            // Only a settled pair is forgotten here; a pending claim stays until its
+            // publish settles it.
             if let Some((_, key)) = self.order.pop_front()
-                && matches!(self.slots.get(&key), Some(Slot::Done(..)))
+                && let Entry::Occupied(slot) = self.slots.entry(key)
+                && matches!(slot.get(), Slot::Done(..))
             {
-                self.slots.remove(&key);
+                slot.remove();
             }
         }
     }
@@ -219,6 +229,10 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn k(source: &str, id: &str) -> Key {
+        Key::of(source, id)
+    }
 
     fn pos(offset: i64) -> Position {
         Position {
@@ -231,28 +245,28 @@ mod tests {
     #[test]
     fn a_completed_pair_is_reported_with_its_first_position() {
         let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
-        assert!(matches!(d.claim("s", "1"), Claim::Mine));
-        d.complete("s", "1", pos(7));
-        assert!(matches!(d.claim("s", "1"), Claim::Done(p) if p.offset == 7));
-        assert!(matches!(d.claim("other", "1"), Claim::Mine));
+        assert!(matches!(d.claim(k("s", "1")), Claim::Mine));
+        d.complete_many([(k("s", "1"), &pos(7))]);
+        assert!(matches!(d.claim(k("s", "1")), Claim::Done(p) if p.offset == 7));
+        assert!(matches!(d.claim(k("other", "1")), Claim::Mine));
     }
 
     #[test]
     fn a_concurrent_retry_waits_and_a_released_claim_can_be_retaken() {
         let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
-        assert!(matches!(d.claim("s", "1"), Claim::Mine));
-        let Claim::Wait(rx) = d.claim("s", "1") else {
+        assert!(matches!(d.claim(k("s", "1")), Claim::Mine));
+        let Claim::Wait(rx) = d.claim(k("s", "1")) else {
             panic!("expected to wait")
         };
-        d.release("s", "1");
+        d.release_many([k("s", "1")]);
         assert!(*rx.borrow());
-        assert!(matches!(d.claim("s", "1"), Claim::Mine));
+        assert!(matches!(d.claim(k("s", "1")), Claim::Mine));
     }
 
     #[test]
     fn a_pair_repeated_in_one_claim_many_is_a_repeat_of_its_first_appearance() {
         let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
-        let claims = d.claim_many([("s", "1"), ("s", "2"), ("s", "1"), ("other", "1")]);
+        let claims = d.claim_many([k("s", "1"), k("s", "2"), k("s", "1"), k("other", "1")]);
         assert!(matches!(
             claims[..],
             [
@@ -267,10 +281,10 @@ mod tests {
     #[test]
     fn claim_many_sees_pairs_completed_or_in_flight_elsewhere() {
         let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
-        assert!(matches!(d.claim("s", "done"), Claim::Mine));
-        d.complete("s", "done", pos(3));
-        assert!(matches!(d.claim("s", "pending"), Claim::Mine));
-        let claims = d.claim_many([("s", "done"), ("s", "pending"), ("s", "new")]);
+        assert!(matches!(d.claim(k("s", "done")), Claim::Mine));
+        d.complete_many([(k("s", "done"), &pos(3))]);
+        assert!(matches!(d.claim(k("s", "pending")), Claim::Mine));
+        let claims = d.claim_many([k("s", "done"), k("s", "pending"), k("s", "new")]);
         assert!(matches!(
             claims[..],
             [
@@ -284,16 +298,17 @@ mod tests {
     #[test]
     fn complete_many_and_release_many_settle_each_claim_and_wake_its_waiters() {
         let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
-        d.claim_many([("s", "1"), ("s", "2"), ("s", "3")]);
-        let (Claim::Wait(rx1), Claim::Wait(rx2)) = (d.claim("s", "1"), d.claim("s", "2")) else {
+        d.claim_many([k("s", "1"), k("s", "2"), k("s", "3")]);
+        let (Claim::Wait(rx1), Claim::Wait(rx2)) = (d.claim(k("s", "1")), d.claim(k("s", "2")))
+        else {
             panic!("expected to wait")
         };
-        d.complete_many([("s", "1", &pos(5))]);
-        d.release_many([("s", "2"), ("s", "3")]);
+        d.complete_many([(k("s", "1"), &pos(5))]);
+        d.release_many([k("s", "2"), k("s", "3")]);
         assert!(*rx1.borrow() && *rx2.borrow());
-        assert!(matches!(d.claim("s", "1"), Claim::Done(p) if p.offset == 5));
-        assert!(matches!(d.claim("s", "2"), Claim::Mine));
-        assert!(matches!(d.claim("s", "3"), Claim::Mine));
+        assert!(matches!(d.claim(k("s", "1")), Claim::Done(p) if p.offset == 5));
+        assert!(matches!(d.claim(k("s", "2")), Claim::Mine));
+        assert!(matches!(d.claim(k("s", "3")), Claim::Mine));
     }
 
     #[test]
@@ -301,11 +316,11 @@ mod tests {
         let d = Dedup::new("t".into(), Duration::from_secs(60), 2, 4);
         for i in 0..3 {
             let id = i.to_string();
-            assert!(matches!(d.claim("s", &id), Claim::Mine));
-            d.complete("s", &id, pos(i));
+            assert!(matches!(d.claim(k("s", &id)), Claim::Mine));
+            d.complete_many([(k("s", &id), &pos(i))]);
         }
-        assert!(matches!(d.claim("s", "0"), Claim::Mine));
-        assert!(matches!(d.claim("s", "2"), Claim::Done(_)));
+        assert!(matches!(d.claim(k("s", "0")), Claim::Mine));
+        assert!(matches!(d.claim(k("s", "2")), Claim::Done(_)));
     }
 
     #[test]
@@ -320,14 +335,14 @@ mod tests {
         // In batches of 500 claimed together and then settled, as PublishBatch does.
         for batch in 0..130 {
             let ids: Vec<String> = (0..500).map(|i| format!("{batch}-{i}")).collect();
-            let claims = d.claim_many(ids.iter().map(|id| ("s", id.as_str())));
+            let claims = d.claim_many(ids.iter().map(|id| k("s", id)));
             assert!(
                 claims
                     .iter()
                     .all(|c| matches!(c, Claimed::First(Claim::Mine)))
             );
             let p = pos(batch);
-            d.complete_many(ids.iter().map(|id| ("s", id.as_str(), &p)));
+            d.complete_many(ids.iter().map(|id| (k("s", id), &p)));
         }
         let inner = d.lock();
         assert_eq!(inner.order.len(), 57_844);

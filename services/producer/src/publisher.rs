@@ -39,7 +39,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     config::Limits,
-    dedup::{Claim, Claimed, Dedup},
+    dedup::{Claim, Claimed, Dedup, Key},
 };
 
 /// Implements `crier.v1.Publisher` over a shared Kafka producer.
@@ -153,6 +153,9 @@ impl<'a> Caller<'a> {
 struct Checked {
     event: Event,
     agreements: Vec<String>,
+    /// The event's `(source, id)` in the dedup table, made once for its claim and its
+    /// settling.
+    key: Key,
 }
 
 impl Inner {
@@ -197,11 +200,7 @@ impl Inner {
 
         // Nothing awaits from here until the commit task has started, so a cancelled call
         // cannot leave a claim pending.
-        let claims = self.dedup.claim_many(
-            checked
-                .iter()
-                .map(|(_, c)| (c.event.source.as_str(), c.event.id.as_str())),
-        );
+        let claims = self.dedup.claim_many(checked.iter().map(|(_, c)| c.key));
         let index: Vec<usize> = checked.iter().map(|(i, _)| *i).collect();
         let (mut mine, mut waiting, mut repeats) = (Vec::new(), Vec::new(), Vec::new());
         for ((i, c), claim) in checked.into_iter().zip(claims) {
@@ -266,13 +265,18 @@ impl Inner {
             Status::permission_denied(reason)
         })?;
         normalize(&mut event, caller.now);
-        Ok(Checked { event, agreements })
+        let key = Key::of(&event.source, &event.id);
+        Ok(Checked {
+            event,
+            agreements,
+            key,
+        })
     }
 
     /// Claims and writes one checked event, first waiting out any concurrent publish of it.
     async fn publish_checked(self: &Arc<Self>, actor: &str, checked: Checked) -> Published {
         loop {
-            match self.dedup.claim(&checked.event.source, &checked.event.id) {
+            match self.dedup.claim(checked.key) {
                 Claim::Done(position) => return Ok(duplicate(position)),
                 Claim::Wait(mut rx) => {
                     let _ = rx.wait_for(|done| *done).await;
@@ -308,19 +312,11 @@ impl Inner {
     /// and audits the accepted ones. Results in the order of `events`.
     async fn commit(&self, actor: &str, events: Vec<Checked>) -> Vec<Published> {
         let written = join_all(events.iter().map(|c| self.write(&c.event))).await;
-        let pairs = || {
-            events
-                .iter()
-                .zip(&written)
-                .map(|(c, w)| (c.event.source.as_str(), c.event.id.as_str(), w))
-        };
+        let outcomes = || events.iter().map(|c| c.key).zip(&written);
         self.dedup
-            .complete_many(pairs().filter_map(|(s, id, w)| Some((s, id, w.as_ref().ok()?))));
-        self.dedup.release_many(
-            pairs()
-                .filter(|(.., w)| w.is_err())
-                .map(|(s, id, _)| (s, id)),
-        );
+            .complete_many(outcomes().filter_map(|(key, w)| Some((key, w.as_ref().ok()?))));
+        self.dedup
+            .release_many(outcomes().filter(|(_, w)| w.is_err()).map(|(key, _)| key));
         // One record for everything this request published, naming each event.
         let accepted: Vec<EventRef> = events
             .into_iter()
