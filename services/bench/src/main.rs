@@ -18,6 +18,9 @@
 //! | memory     | `memory`      | streams, consumer_rss_mb |
 //! | (the end)  | `services`    | producer_rss_mb |
 //!
+//! The baseline and stream phases take turns in rounds (`--throughput-rounds`), so that
+//! their ratio compares the two under the same conditions on a host whose speed drifts.
+//!
 //! See PERFORMANCE.md for the method, the machine and the results.
 
 mod baseline;
@@ -49,7 +52,7 @@ use rdkafka::{
 
 use crate::{
     events::Pool,
-    probe::Cpu,
+    probe::{Cpu, CpuSpan},
     report::Figures,
     services::{Kind, Service},
 };
@@ -92,6 +95,12 @@ struct Args {
     /// the mode's default (20 s full, 5 s quick).
     #[arg(long, value_name = "SECS")]
     phase_secs: Option<u64>,
+    /// Rounds the baseline and stream phases take turns in, each measuring its share of
+    /// the phase's seconds after its own warm-up (default 4, 1 with --quick). On this
+    /// shared host the same binaries' throughput moved by a fifth between runs a minute
+    /// apart, so one long phase each divided a figure from one minute by one from another.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+    throughput_rounds: Option<u32>,
     /// Offered rate of the latency and fan-out phases, events/s (the targets are set at
     /// the default, 5,000); a lower rate shows where the fan-out still keeps up.
     #[arg(long, value_name = "EVENTS_PER_SEC", default_value_t = 5000.0)]
@@ -175,6 +184,8 @@ pub(crate) struct Plan {
     pub(crate) warmup: Duration,
     /// Measured part of each throughput phase.
     pub(crate) throughput: Duration,
+    /// Turns the baseline and stream phases take, alternating, within `throughput`.
+    pub(crate) throughput_rounds: u32,
     /// Measured part of the unary latency phase.
     pub(crate) latency: Duration,
     /// Measured part of the fan-out phase.
@@ -220,6 +231,7 @@ impl Plan {
         Self {
             warmup: Duration::from_secs(if quick { 1 } else { 3 }),
             throughput: secs(20, 5),
+            throughput_rounds: if quick { 1 } else { 4 },
             latency: secs(20, 5),
             e2e: secs(30, 6),
             e2e_drain: Duration::from_secs(if quick { 10 } else { 30 }),
@@ -260,6 +272,9 @@ async fn main() -> anyhow::Result<()> {
     plan.max_in_flight = args.max_in_flight;
     plan.ack_every = Duration::from_millis(args.ack_every_ms);
     plan.e2e_batch = Duration::from_millis(args.e2e_batch_ms);
+    if let Some(rounds) = args.throughput_rounds {
+        plan.throughput_rounds = rounds;
+    }
     let wanted = |p: Phase| args.only.is_empty() || args.only.contains(&p);
     let started = Instant::now();
     let run_id = format!(
@@ -353,26 +368,75 @@ async fn main() -> anyhow::Result<()> {
         ("kafka", kafka_pid),
     ];
     let mut baseline_topics = Vec::new();
-    if wanted(Phase::Baseline) {
-        let cpu = Cpu::sample(&publish_procs);
-        phase("baseline", &plan.throughput);
-        let kafka = raw_kafka(&args, &run_id, "baseline", &mut baseline_topics);
-        figures.baseline_eps = Some(baseline::run(&kafka, &plan, &pool).await?);
-        notes.push(format!(
-            "baseline: {}",
-            cpu.note(&Cpu::sample(&publish_procs))
-        ));
+    // The two throughput phases take turns, so that the ratio divides rates measured in
+    // the same minutes; each figure is the mean rate of its rounds.
+    let rounds = plan.throughput_rounds.max(1);
+    let slice = Plan {
+        throughput: plan.throughput / rounds,
+        ..plan.clone()
+    };
+    let baseline_kafka = wanted(Phase::Baseline)
+        .then(|| raw_kafka(&args, &run_id, "baseline", &mut baseline_topics));
+    let (mut baseline_rates, mut stream_rates) = (Vec::new(), Vec::new());
+    let (mut baseline_cpu, mut stream_cpu) = (CpuSpan::default(), CpuSpan::default());
+    for round in 1..=rounds {
+        let turn = |name: &str| {
+            eprintln!(
+                "bench: phase {name} starting (round {round} of {rounds}, {:.1}s measured)",
+                slice.throughput.as_secs_f64()
+            )
+        };
+        if let Some(kafka) = &baseline_kafka {
+            turn("baseline");
+            let before = Cpu::sample(&publish_procs);
+            baseline_rates.push(baseline::run(kafka, &slice, &pool).await?);
+            baseline_cpu.add(&before, &Cpu::sample(&publish_procs));
+        }
+        if wanted(Phase::Stream) {
+            turn("stream");
+            let before = Cpu::sample(&publish_procs);
+            stream_rates.push(stream::run(&producer.url(), &slice, &pool).await?);
+            stream_cpu.add(&before, &Cpu::sample(&publish_procs));
+        }
     }
-    if wanted(Phase::Stream) {
-        phase("stream", &plan.throughput);
-        let cpu = Cpu::sample(&publish_procs);
-        figures.stream_publish_eps = Some(stream::run(&producer.url(), &plan, &pool).await?);
+    let mean =
+        |rates: &[f64]| (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64);
+    figures.baseline_eps = mean(&baseline_rates);
+    figures.stream_publish_eps = mean(&stream_rates);
+    if !baseline_rates.is_empty() {
+        notes.push(format!("baseline: {}", baseline_cpu.note()));
+    }
+    if !stream_rates.is_empty() {
         notes.push(format!(
             "stream ({} events per batch, {} in flight): {}",
             plan.batch_size,
             plan.batches_in_flight,
-            cpu.note(&Cpu::sample(&publish_procs))
+            stream_cpu.note()
         ));
+    }
+    if rounds > 1 {
+        let list = |rates: &[f64]| {
+            rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut note = format!(
+            "throughput in {rounds} alternating rounds of {:.1}s measured: baseline {}/s; stream {}/s",
+            slice.throughput.as_secs_f64(),
+            list(&baseline_rates),
+            list(&stream_rates)
+        );
+        if baseline_rates.len() == stream_rates.len() && !stream_rates.is_empty() {
+            let ratios: Vec<String> = stream_rates
+                .iter()
+                .zip(&baseline_rates)
+                .map(|(s, b)| format!("{:.3}", s / b))
+                .collect();
+            note.push_str(&format!("; ratio by round {}", ratios.join(", ")));
+        }
+        notes.push(note);
     }
     if wanted(Phase::Unary) {
         phase("unary", &plan.throughput);

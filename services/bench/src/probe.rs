@@ -382,25 +382,59 @@ impl Cpu {
 
     /// "CPU (% of one core) ..." between `self` and `later` (same processes).
     pub(crate) fn note(&self, later: &Cpu) -> String {
-        let secs = (later.at - self.at).as_secs_f64().max(1e-9);
+        let mut span = CpuSpan::default();
+        span.add(self, later);
+        span.note()
+    }
+}
+
+/// CPU used over one or more intervals, each between two samples of the same processes:
+/// the alternating rounds of the throughput phases add theirs up.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CpuSpan {
+    secs: f64,
+    machine: f64,
+    steal: f64,
+    procs: Vec<(&'static str, f64)>,
+}
+
+impl CpuSpan {
+    /// Adds the interval from `earlier` to `later`.
+    pub(crate) fn add(&mut self, earlier: &Cpu, later: &Cpu) {
+        self.secs += (later.at - earlier.at).as_secs_f64();
+        self.machine += later.machine - earlier.machine;
+        self.steal += later.steal - earlier.steal;
+        if self.procs.is_empty() {
+            self.procs = earlier.procs.iter().map(|(name, _)| (*name, 0.0)).collect();
+        }
+        for ((_, used), ((_, a), (_, b))) in self
+            .procs
+            .iter_mut()
+            .zip(earlier.procs.iter().zip(&later.procs))
+        {
+            *used += b - a;
+        }
+    }
+
+    /// "CPU in % of one core over Ns: ..." for the intervals added.
+    pub(crate) fn note(&self) -> String {
+        let secs = self.secs.max(1e-9);
         let pct = |v: f64| 100.0 * v / secs;
         let mut parts = Vec::new();
         let mut named = 0.0;
-        for ((name, a), (_, b)) in self.procs.iter().zip(&later.procs) {
-            named += b - a;
-            parts.push(format!("{name} {:.0}%", pct(b - a)));
+        for (name, used) in &self.procs {
+            named += used;
+            parts.push(format!("{name} {:.0}%", pct(*used)));
         }
-        let machine = later.machine - self.machine;
-        let steal = later.steal - self.steal;
         parts.push(format!(
             "everything else on the machine {:.0}% (of which steal by the hypervisor {:.0}%)",
-            pct((machine - named).max(0.0)),
-            pct(steal)
+            pct((self.machine - named).max(0.0)),
+            pct(self.steal)
         ));
         format!(
             "CPU in % of one core over {secs:.0}s: {}; machine busy {:.0}% of {}%",
             parts.join(", "),
-            pct(machine),
+            pct(self.machine),
             100 * std::thread::available_parallelism().map_or(1, usize::from)
         )
     }
