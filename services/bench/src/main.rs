@@ -144,7 +144,7 @@ struct Args {
     keep_topics: bool,
     /// A setting for the producer service, as `CRIER_<SECTION>__<KEY>=VALUE` (repeatable),
     /// for comparing settings; the figures are then not the defaults'. The services inherit
-    /// no other `CRIER_*` variable. `TOKIO_WORKER_THREADS`, `MIMALLOC_*` and `RUST_LOG`
+    /// no other `CRIER_*` variable. `TOKIO_WORKER_THREADS`, `MALLOC_CONF` (jemalloc) and `RUST_LOG`
     /// may be set too.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_setting)]
     producer_env: Vec<(String, String)>,
@@ -254,9 +254,12 @@ impl Plan {
 }
 
 // The load generator shares the two cores with what it measures; glibc's malloc was a
-// fifth of its CPU receiving deliveries (PERFORMANCE.md), CPU the services then lacked.
+// fifth of its CPU receiving deliveries (PERFORMANCE.md), CPU the services then lacked. It
+// also holds the baseline, which must be the limit: with librdkafka's records allocated by
+// glibc, whose frees on the delivery thread contended with the sending thread, the raw
+// producer wrote about 40% fewer records a second (PERFORMANCE.md, session 17).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -723,8 +726,9 @@ fn raw_kafka(args: &Args, run_id: &str, name: &str, created: &mut Vec<String>) -
 }
 
 /// What `--producer-env` and `--consumer-env` may set: the services' own settings, and the
-/// runtime's and allocator's knobs (`TOKIO_WORKER_THREADS`, `MIMALLOC_*`) and `RUST_LOG`.
-const SETTING_PREFIXES: [&str; 4] = ["CRIER_", "TOKIO_", "MIMALLOC_", "RUST_LOG"];
+/// runtime's and allocator's knobs (`TOKIO_WORKER_THREADS`, jemalloc's `MALLOC_CONF`) and
+/// `RUST_LOG`.
+const SETTING_PREFIXES: [&str; 4] = ["CRIER_", "TOKIO_", "MALLOC_CONF", "RUST_LOG"];
 
 /// `KEY=VALUE`, where KEY starts with one of [`SETTING_PREFIXES`].
 fn parse_setting(s: &str) -> Result<(String, String), String> {

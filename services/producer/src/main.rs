@@ -16,10 +16,13 @@ struct Args {
     service: crier_runtime::ServiceArgs,
 }
 
-// Every event costs dozens of short-lived allocations across gRPC, prost and the audit
-// record; glibc's malloc was a fifth of the CPU in the profiles (PERFORMANCE.md).
+// Every event costs dozens of short-lived allocations across gRPC, prost, the audit record
+// and librdkafka (whose malloc and free go here too): glibc's malloc was a fifth of the CPU
+// in the profiles. jemalloc, against mimalloc before it, cut both services' idle RSS by a
+// third to a half and the consumer's with 2,000 streams by a third, for the same CPU or
+// less (PERFORMANCE.md, session 17).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
