@@ -426,9 +426,10 @@ async fn copies_of_a_new_event_sent_at_once_are_written_once_and_all_get_its_pos
         let (mut client, e) = (client.clone(), e.clone());
         calls.spawn(async move { client.publish(PublishRequest { event: Some(e) }).await });
     }
-    let answers: Vec<_> = calls
-        .join_all()
+    // A retry left waiting for good would hang here: fail instead.
+    let answers: Vec<_> = tokio::time::timeout(Duration::from_secs(30), calls.join_all())
         .await
+        .expect("every copy is answered")
         .into_iter()
         .map(|r| r.unwrap().into_inner())
         .collect();
