@@ -422,28 +422,11 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     if rounds > 1 {
-        let list = |rates: &[f64]| {
-            rates
-                .iter()
-                .map(|r| format!("{r:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut note = format!(
-            "throughput in {rounds} alternating rounds of {:.1}s measured: baseline {}/s; stream {}/s",
-            slice.throughput.as_secs_f64(),
-            list(&baseline_rates),
-            list(&stream_rates)
-        );
-        if baseline_rates.len() == stream_rates.len() && !stream_rates.is_empty() {
-            let ratios: Vec<String> = stream_rates
-                .iter()
-                .zip(&baseline_rates)
-                .map(|(s, b)| format!("{:.3}", s / b))
-                .collect();
-            note.push_str(&format!("; ratio by round {}", ratios.join(", ")));
-        }
-        notes.push(note);
+        notes.push(rounds_note(
+            slice.throughput,
+            &baseline_rates,
+            &stream_rates,
+        ));
     }
     if wanted(Phase::Unary) {
         phase("unary", &plan.throughput);
@@ -714,6 +697,28 @@ fn write_ghz_request(pool: &Pool, path: &std::path::Path) -> anyhow::Result<()> 
 
 /// Settings for a raw-client phase writing to `bench.<run_id>.<name>`; the topics that
 /// creating it makes are added to `created`, for deleting at the end.
+/// "throughput in N alternating rounds ...": each round's rate, and each round's ratio when
+/// both phases ran.
+fn rounds_note(measured: Duration, baseline: &[f64], stream: &[f64]) -> String {
+    let list = |values: Vec<String>| values.join(", ");
+    let rates = |rates: &[f64]| list(rates.iter().map(|r| format!("{r:.0}")).collect());
+    let mut note = format!(
+        "throughput in {} alternating rounds of {:.1}s measured: baseline {}/s; stream {}/s",
+        baseline.len().max(stream.len()),
+        measured.as_secs_f64(),
+        rates(baseline),
+        rates(stream)
+    );
+    if baseline.len() == stream.len() && !stream.is_empty() {
+        let ratios = stream
+            .iter()
+            .zip(baseline)
+            .map(|(s, b)| format!("{:.3}", s / b));
+        note.push_str(&format!("; ratio by round {}", list(ratios.collect())));
+    }
+    note
+}
+
 fn raw_kafka(args: &Args, run_id: &str, name: &str, created: &mut Vec<String>) -> KafkaConfig {
     let kafka = KafkaConfig {
         bootstrap_servers: args.kafka.clone(),
