@@ -86,9 +86,10 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
-    /// How long a published `(source, id)` is remembered, in seconds.
+    /// How long a published `(source, id)` is remembered at least, in seconds.
     pub window_secs: u64,
-    /// Most `(source, id)` pairs remembered; the oldest are forgotten first.
+    /// How many of the newest `(source, id)` pairs are remembered at least. Older ones are
+    /// forgotten a generation at a time, so up to twice this many are held.
     pub capacity: usize,
 }
 

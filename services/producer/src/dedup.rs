@@ -7,15 +7,21 @@
 //! the claim is released so the retry can write. The memory is per producer instance and is
 //! bounded by `capacity` and `window` (see ARCHITECTURE.md, "Deduplication").
 //!
+//! Completed pairs are kept in two generations. New ones go into the current generation;
+//! when it holds `capacity` pairs or is `window` old, the previous one is forgotten whole and
+//! the current one takes its place. So a pair is remembered, as before, while it is younger
+//! than `window` and among the newest `capacity`; after that it is forgotten within about as
+//! long again. Forgetting one pair at a time from an expiry queue cost a probe of the table,
+//! usually a cache miss, for every event, and the queue entry with it (PERFORMANCE.md,
+//! session 18).
+//!
 //! A pair is remembered as 128 bits of its SHA-256 (a [`Key`], made once per event) and a
-//! completed one as `(partition, offset)`: a 32-byte map entry and a 32-byte expiry queue
-//! entry. For the default million (and the admission limit's 20,000 in progress) the map
-//! has 2,097,152 buckets, about 69 MB, and the queue about 33 MB, rather than the hundreds
-//! that string keys took. Two different pairs sharing 128 hash bits is not a practical
-//! concern.
+//! completed one as its partition and offset packed into 64 bits: a 24-byte entry. For the
+//! default million, each generation has 2,097,152 buckets, about 52 MB; two different pairs
+//! sharing 128 hash bits is not a practical concern.
 
 use std::{
-    collections::{HashMap, VecDeque, hash_map::Entry},
+    collections::hash_map::Entry,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -24,9 +30,15 @@ use crier_proto::v1::Position;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-/// What the table remembers a `(source, id)` pair by.
+/// The tables' map. A key is already SHA-256 output, so it needs a fast hasher rather than
+/// std's SipHash, which was about 1.5% of the producer's samples (PERFORMANCE.md, session
+/// 18). foldhash is seeded at random per table, so nobody can aim keys at one bucket.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What the table remembers a `(source, id)` pair by. Two words rather than a `u128`, whose
+/// 16-byte alignment would pad every entry to 32 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Key(u128);
+pub struct Key([u64; 2]);
 
 impl Key {
     /// The key of the pair `(source, id)`.
@@ -36,9 +48,12 @@ impl Key {
         h.update([0]);
         h.update(id.as_bytes());
         let digest = h.finalize();
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        Self(u128::from_le_bytes(bytes))
+        let word = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&digest[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        Self([word(0), word(8)])
     }
 }
 
@@ -63,22 +78,30 @@ pub enum Claimed {
     Repeat(usize),
 }
 
-#[derive(Debug)]
-enum Slot {
-    /// Being published. The channel to wake waiting retries is made only when the first
-    /// one arrives: a retry during the publish is rare, and making and dropping a channel
-    /// for every claim was part of dedup's 14% of the producer's samples (PERFORMANCE.md,
-    /// session 17).
-    Pending(Option<watch::Sender<bool>>),
-    /// Partition and offset; the topic is the service's one events topic.
-    Done(i32, i64),
-}
+/// A completed pair's partition (16 bits) and offset (48 bits). At 100,000 events a second
+/// into one partition, 48 bits of offset last 89 years; a position that does not fit is not
+/// remembered, so its retry is written again, as after a restart.
+#[derive(Clone, Copy, Debug)]
+struct Done(u64);
 
-impl Slot {
-    /// Wakes any retry waiting on this claim.
-    fn settle(self) {
-        if let Slot::Pending(Some(waiters)) = self {
-            let _ = waiters.send(true);
+impl Done {
+    const OFFSET_BITS: u32 = 48;
+
+    fn new(position: &Position) -> Option<Self> {
+        let partition = u64::from(u16::try_from(position.partition).ok()?);
+        let offset = u64::try_from(position.offset)
+            .ok()
+            .filter(|o| o >> Self::OFFSET_BITS == 0)?;
+        Some(Self(partition << Self::OFFSET_BITS | offset))
+    }
+
+    fn position(self, topic: &str) -> Position {
+        let partition = u16::try_from(self.0 >> Self::OFFSET_BITS).unwrap_or(u16::MAX);
+        let offset = self.0 & ((1 << Self::OFFSET_BITS) - 1);
+        Position {
+            topic: topic.to_owned(),
+            partition: i32::from(partition),
+            offset: i64::try_from(offset).unwrap_or(i64::MAX),
         }
     }
 }
@@ -94,35 +117,40 @@ pub struct Dedup {
 
 #[derive(Debug)]
 struct Inner {
-    slots: HashMap<Key, Slot>,
-    /// Completed keys in completion order, for expiry.
-    order: VecDeque<(Instant, Key)>,
+    /// Claims being published. The channel to wake waiting retries is made only when the
+    /// first one arrives: a retry during the publish is rare, and making and dropping a
+    /// channel for every claim was part of dedup's 14% of the producer's samples
+    /// (PERFORMANCE.md, session 17).
+    pending: HashMap<Key, Option<watch::Sender<bool>>>,
+    /// Completed pairs, newest generation.
+    current: HashMap<Key, Done>,
+    /// Completed pairs, the generation before.
+    previous: HashMap<Key, Done>,
+    /// When `current` began.
+    since: Instant,
 }
 
 impl Dedup {
-    /// Remembers completed publishes to `topic` for `window`, at most `capacity` of them,
+    /// Remembers completed publishes to `topic` for `window`, at least `capacity` of them,
     /// with room reserved for `in_progress` claims not yet settled (the producer's
     /// admission limit).
     ///
-    /// The map and the expiry queue are allocated for both up front. Grown on demand, each
-    /// doubling rehashed every pair under the lock that every publish takes: 74 ms at 917,504
-    /// pairs on the 2-core machine, with every publish waiting (PERFORMANCE.md, session 9).
-    /// The reservation is not a hard bound. A call that gives up returns its admission
-    /// permit while its claim waits for Kafka, so under a slow Kafka more claims can be open
-    /// than reserved, and removals can leave tombstones that use up the spare slots; either
-    /// way the map still grows. At the defaults it is about 56% full, where a removal rarely
-    /// leaves a tombstone. The reservation costs memory early: at the defaults it raised the
-    /// idle producer's RSS from about 27 to 34 MiB (PERFORMANCE.md, session 9).
+    /// Both generations are allocated for `capacity` up front, and a generation is turned
+    /// over before it would grow. Grown on demand, each doubling rehashed every pair under
+    /// the lock that every publish takes: 74 ms at 917,504 pairs on the 2-core machine, with
+    /// every publish waiting (PERFORMANCE.md, session 9). The claims in progress can
+    /// outnumber `in_progress`, because a call that gives up returns its admission permit
+    /// while its claim waits for Kafka; their map then grows, but it is small.
     pub fn new(topic: String, window: Duration, capacity: usize, in_progress: usize) -> Self {
         Self {
             topic,
             window,
             capacity,
             inner: Mutex::new(Inner {
-                slots: HashMap::with_capacity(capacity + in_progress),
-                // Expiry runs before each claim, so settled claims can take the queue
-                // `in_progress` past `capacity` before the next expiry.
-                order: VecDeque::with_capacity(capacity + in_progress),
+                pending: HashMap::with_capacity_and_hasher(in_progress, Default::default()),
+                current: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+                previous: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+                since: Instant::now(),
             }),
         }
     }
@@ -130,7 +158,7 @@ impl Dedup {
     /// Claims `key`'s pair for publishing, or says why not.
     pub fn claim(&self, key: Key) -> Claim {
         let mut inner = self.lock();
-        inner.expire(Instant::now(), self.window, self.capacity);
+        self.turn_if_due(&mut inner, Instant::now());
         self.claim_key(&mut inner, key)
     }
 
@@ -139,9 +167,9 @@ impl Dedup {
     /// again would make the caller wait on its own claim.
     pub fn claim_many(&self, keys: impl IntoIterator<Item = Key>) -> Vec<Claimed> {
         let keys = keys.into_iter();
-        let mut first = HashMap::with_capacity(keys.size_hint().0);
+        let mut first = HashMap::with_capacity_and_hasher(keys.size_hint().0, Default::default());
         let mut inner = self.lock();
-        inner.expire(Instant::now(), self.window, self.capacity);
+        self.turn_if_due(&mut inner, Instant::now());
         keys.enumerate()
             .map(|(i, key)| match first.entry(key) {
                 Entry::Occupied(at) => Claimed::Repeat(*at.get()),
@@ -154,21 +182,17 @@ impl Dedup {
     }
 
     fn claim_key(&self, inner: &mut Inner, key: Key) -> Claim {
-        match inner.slots.entry(key) {
-            Entry::Occupied(mut slot) => match slot.get_mut() {
-                Slot::Done(partition, offset) => Claim::Done(Position {
-                    topic: self.topic.clone(),
-                    partition: *partition,
-                    offset: *offset,
-                }),
-                Slot::Pending(waiters) => Claim::Wait(
-                    waiters
-                        .get_or_insert_with(|| watch::channel(false).0)
-                        .subscribe(),
-                ),
-            },
+        if let Some(done) = inner.current.get(&key).or_else(|| inner.previous.get(&key)) {
+            return Claim::Done(done.position(&self.topic));
+        }
+        match inner.pending.entry(key) {
+            Entry::Occupied(mut slot) => Claim::Wait(
+                slot.get_mut()
+                    .get_or_insert_with(|| watch::channel(false).0)
+                    .subscribe(),
+            ),
             Entry::Vacant(slot) => {
-                slot.insert(Slot::Pending(None));
+                slot.insert(None);
                 Claim::Mine
             }
         }
@@ -178,15 +202,15 @@ impl Dedup {
     /// the retries waiting on them.
     pub fn complete_many<'a>(&self, done: impl IntoIterator<Item = (Key, &'a Position)>) {
         let mut inner = self.lock();
-        let now = Instant::now();
+        self.turn_if_due(&mut inner, Instant::now());
         for (key, position) in done {
-            if let Some(was) = inner
-                .slots
-                .insert(key, Slot::Done(position.partition, position.offset))
-            {
-                was.settle();
+            settle(inner.pending.remove(&key));
+            if let Some(done) = Done::new(position) {
+                if inner.current.len() >= self.capacity {
+                    inner.turn(Instant::now());
+                }
+                inner.current.insert(key, done);
             }
-            inner.order.push_back((now, key));
         }
     }
 
@@ -195,11 +219,14 @@ impl Dedup {
     pub fn release_many(&self, keys: impl IntoIterator<Item = Key>) {
         let mut inner = self.lock();
         for key in keys {
-            if let Entry::Occupied(slot) = inner.slots.entry(key)
-                && matches!(slot.get(), Slot::Pending(_))
-            {
-                slot.remove().settle();
-            }
+            settle(inner.pending.remove(&key));
+        }
+    }
+
+    /// Turns the generations over once the current one is `window` old or full.
+    fn turn_if_due(&self, inner: &mut Inner, now: Instant) {
+        if now.duration_since(inner.since) >= self.window || inner.current.len() >= self.capacity {
+            inner.turn(now);
         }
     }
 
@@ -210,20 +237,19 @@ impl Dedup {
 }
 
 impl Inner {
-    fn expire(&mut self, now: Instant, window: Duration, capacity: usize) {
-        while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) <= window && self.order.len() <= capacity {
-                break;
-            }
-            // Only a settled pair is forgotten here; a pending claim stays until its
-            // publish settles it.
-            if let Some((_, key)) = self.order.pop_front()
-                && let Entry::Occupied(slot) = self.slots.entry(key)
-                && matches!(slot.get(), Slot::Done(..))
-            {
-                slot.remove();
-            }
-        }
+    /// Forgets the previous generation and starts a new current one. Clearing keeps the
+    /// allocation, and with entries that need no drop it only resets the control bytes.
+    fn turn(&mut self, now: Instant) {
+        self.previous.clear();
+        std::mem::swap(&mut self.current, &mut self.previous);
+        self.since = now;
+    }
+}
+
+/// Wakes any retry waiting on a claim that has just been settled.
+fn settle(claim: Option<Option<watch::Sender<bool>>>) {
+    if let Some(Some(waiters)) = claim {
+        let _ = waiters.send(true);
     }
 }
 
@@ -339,28 +365,88 @@ mod tests {
     }
 
     #[test]
-    fn pairs_beyond_capacity_are_forgotten_oldest_first() {
-        let d = Dedup::new("t".into(), Duration::from_secs(60), 2, 4);
-        for i in 0..3 {
-            let id = i.to_string();
-            assert!(matches!(d.claim(k("s", &id)), Claim::Mine));
-            d.complete_many([(k("s", &id), &pos(i))]);
+    fn the_newest_capacity_pairs_are_remembered_and_older_ones_forgotten_within_twice_that() {
+        let capacity = 3;
+        let d = Dedup::new("t".into(), Duration::from_secs(60), capacity, 4);
+        let key = |i: usize| k("s", &i.to_string());
+        for i in 0..20 {
+            assert!(matches!(d.claim(key(i)), Claim::Mine));
+            d.complete_many([(key(i), &pos(i as i64))]);
+            // The newest `capacity` pairs, this one included.
+            for earlier in (i + 1).saturating_sub(capacity)..=i {
+                assert!(
+                    matches!(d.claim(key(earlier)), Claim::Done(p) if p.offset == earlier as i64),
+                    "pair {earlier} forgotten after pair {i}"
+                );
+            }
+            if let Some(old) = i.checked_sub(2 * capacity) {
+                assert!(
+                    matches!(d.claim(key(old)), Claim::Mine),
+                    "pair {old} kept after pair {i}"
+                );
+                d.release_many([key(old)]);
+            }
         }
-        assert!(matches!(d.claim(k("s", "0")), Claim::Mine));
-        assert!(matches!(d.claim(k("s", "2")), Claim::Done(_)));
     }
 
     #[test]
-    fn filling_to_capacity_never_regrows_the_map_or_the_expiry_queue() {
-        // 57,344 is exactly what a table of 65,536 buckets holds, so a map sized for the
-        // capacity alone would have to grow for the 500 in progress.
-        let d = Dedup::new("t".into(), Duration::from_secs(60), 57_344, 500);
-        let (slots, order) = {
-            let inner = d.lock();
-            (inner.slots.capacity(), inner.order.capacity())
+    fn a_pair_is_remembered_for_the_window_and_forgotten_two_turns_later() {
+        let window = Duration::from_secs(60);
+        let d = Dedup::new("t".into(), window, 10, 4);
+        assert!(matches!(d.claim(k("s", "1")), Claim::Mine));
+        d.complete_many([(k("s", "1"), &pos(1))]);
+        let start = d.lock().since;
+        let at = |after: Duration| {
+            let mut inner = d.lock();
+            d.turn_if_due(&mut inner, start + after);
+            d.claim_key(&mut inner, k("s", "1"))
         };
-        // In batches of 500 claimed together and then settled, as PublishBatch does.
-        for batch in 0..130 {
+        assert!(matches!(at(window / 2), Claim::Done(_)));
+        // Turned once: the pair is in the previous generation, still remembered.
+        assert!(matches!(at(window), Claim::Done(_)));
+        assert!(matches!(at(window * 3 / 2), Claim::Done(_)));
+        // Turned again: forgotten.
+        assert!(matches!(at(window * 2), Claim::Mine));
+    }
+
+    #[test]
+    fn a_position_too_large_to_pack_is_not_remembered_and_others_come_back_exact() {
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 10, 4);
+        let at = |partition, offset| Position {
+            topic: "t".into(),
+            partition,
+            offset,
+        };
+        let cases = [
+            ("small", at(0, 0), true),
+            ("largest", at(65_535, (1 << 48) - 1), true),
+            ("offset too large", at(1, 1 << 48), false),
+            ("partition too large", at(65_536, 1), false),
+            ("negative", at(-1, 1), false),
+        ];
+        for (id, position, kept) in &cases {
+            assert!(matches!(d.claim(k("s", id)), Claim::Mine));
+            d.complete_many([(k("s", id), position)]);
+            match d.claim(k("s", id)) {
+                Claim::Done(p) => assert!(*kept && p == *position, "{id}: {p:?}"),
+                Claim::Mine => assert!(!kept, "{id} forgotten"),
+                Claim::Wait(_) => panic!("{id} left pending"),
+            }
+        }
+    }
+
+    #[test]
+    fn publishing_past_capacity_never_regrows_either_generation() {
+        // 57,344 is exactly what a table of 65,536 buckets holds.
+        let d = Dedup::new("t".into(), Duration::from_secs(60), 57_344, 500);
+        let capacities = |d: &Dedup| {
+            let inner = d.lock();
+            (inner.current.capacity(), inner.previous.capacity())
+        };
+        let before = capacities(&d);
+        // In batches of 500 claimed together and then settled, as PublishBatch does: more
+        // than two generations' worth.
+        for batch in 0..250 {
             let ids: Vec<String> = (0..500).map(|i| format!("{batch}-{i}")).collect();
             let claims = d.claim_many(ids.iter().map(|id| k("s", id)));
             assert!(
@@ -372,14 +458,9 @@ mod tests {
             d.complete_many(ids.iter().map(|id| (k("s", id), &p)));
         }
         let inner = d.lock();
-        assert_eq!(inner.order.len(), 57_844);
-        // A map's capacity shrinks as removals leave tombstones and comes back when it
-        // rehashes in place; only growing would raise it.
-        assert!(
-            inner.slots.capacity() <= slots,
-            "{} > {slots}",
-            inner.slots.capacity()
-        );
-        assert_eq!(inner.order.capacity(), order);
+        assert!(inner.pending.is_empty());
+        assert_eq!(inner.current.len() + inner.previous.len(), 125_000 - 57_344);
+        drop(inner);
+        assert_eq!(capacities(&d), before);
     }
 }
