@@ -27,32 +27,40 @@ pub struct Record {
 
 /// Writes a (validated, normalised) event as a binary-mode record.
 pub fn encode(event: &Event) -> Record {
-    let mut headers = OwnedHeaders::new_with_capacity(12);
-    let mut add = |key: &str, value: &str| {
-        if !value.is_empty() {
-            headers = std::mem::take(&mut headers).insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-    };
-    add("ce_specversion", SPEC_VERSION);
-    add("ce_id", &event.id);
-    add("ce_source", &event.source);
-    add("ce_type", &event.r#type);
-    if let Some(time) = &event.time {
-        add("ce_time", &time.to_string());
-    }
-    add("ce_subject", &event.subject);
-    add("content-type", &event.data_content_type);
-    add("ce_dataschema", &event.data_schema);
-    add("ce_areas", &event.areas.join(","));
-    add(
-        "ce_classification",
-        classification_name(event.classification),
-    );
-    add("ce_correlationid", &event.correlation_id);
-    add("ce_partitionkey", &event.partition_key);
+    let time = event.time.as_ref().map(ToString::to_string);
+    let areas = event.areas.join(",");
+    let attributes = [
+        ("ce_specversion", SPEC_VERSION),
+        ("ce_id", &event.id),
+        ("ce_source", &event.source),
+        ("ce_type", &event.r#type),
+        ("ce_time", time.as_deref().unwrap_or_default()),
+        ("ce_subject", &event.subject),
+        ("content-type", &event.data_content_type),
+        ("ce_dataschema", &event.data_schema),
+        ("ce_areas", &areas),
+        (
+            "ce_classification",
+            classification_name(event.classification),
+        ),
+        ("ce_correlationid", &event.correlation_id),
+        ("ce_partitionkey", &event.partition_key),
+    ];
+    // `insert` takes the list and gives it back. Taking it out of a `&mut` with
+    // `mem::take` made and freed an empty librdkafka header list for every header, 4% of
+    // the producer's samples (PERFORMANCE.md, session 18).
+    let headers = attributes
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .fold(
+            OwnedHeaders::new_with_capacity(attributes.len()),
+            |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            },
+        );
     Record {
         key: event.partition_key.as_bytes().to_vec(),
         headers,
@@ -163,6 +171,36 @@ mod tests {
             Some(record.headers),
         );
         assert_eq!(decode(&msg).unwrap(), event);
+    }
+
+    #[test]
+    fn headers_come_in_a_fixed_order_and_empty_attributes_are_left_out() {
+        let event = Event {
+            id: "id-1".into(),
+            source: "urn:crier:test".into(),
+            r#type: "crier.events.v1.DeathRegistered".into(),
+            time: Some("2026-11-27T10:00:00.5Z".parse().unwrap()),
+            data_content_type: "application/protobuf".into(),
+            areas: vec!["E06000002".into()],
+            partition_key: "psn:1".into(),
+            ..Default::default()
+        };
+        let headers = encode(&event).headers;
+        let got: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|h| (h.key, h.value.unwrap_or_default()))
+            .collect();
+        let want: Vec<(&str, &[u8])> = vec![
+            ("ce_specversion", b"1.0"),
+            ("ce_id", b"id-1"),
+            ("ce_source", b"urn:crier:test"),
+            ("ce_type", b"crier.events.v1.DeathRegistered"),
+            ("ce_time", b"2026-11-27T10:00:00.500Z"),
+            ("content-type", b"application/protobuf"),
+            ("ce_areas", b"E06000002"),
+            ("ce_partitionkey", b"psn:1"),
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]
