@@ -144,6 +144,15 @@ impl crier_runtime::ServiceConfig for Config {
                 limits.max_events_in_progress, limits.max_batch_events
             ));
         }
+        if self.dedup.window_secs == 0 {
+            // Every pair would be forgotten as soon as it was remembered, and each publish
+            // would clear both generations' tables.
+            return Err(
+                "[dedup] window_secs must be at least 1: a retried publish is \
+                        recognised only within the window"
+                    .into(),
+            );
+        }
         crier_identity::Authenticator::new(&self.auth)?;
         crier_identity::tls::server_from(&self.auth)?;
         let path = self
@@ -173,5 +182,13 @@ mod tests {
             error.contains("max_events_in_progress (999)") && error.contains("(1000)"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_dedup_window_of_zero_is_refused_and_names_the_setting() {
+        let mut config = Config::default();
+        config.dedup.window_secs = 0;
+        let error = config.check().expect_err("a window of 0 remembers nothing");
+        assert!(error.contains("[dedup] window_secs"), "{error}");
     }
 }

@@ -225,8 +225,15 @@ impl Dedup {
 
     /// Turns the generations over once the current one is `window` old or full.
     fn turn_if_due(&self, inner: &mut Inner, now: Instant) {
-        if now.duration_since(inner.since) >= self.window || inner.current.len() >= self.capacity {
+        let age = now.duration_since(inner.since);
+        if age >= self.window || inner.current.len() >= self.capacity {
             inner.turn(now);
+            // Every pair is inserted right after a check, so after two quiet windows the
+            // pairs just moved to the previous generation are a window old too: forget
+            // them now, or a producer idle for a week would still answer for them.
+            if age.saturating_sub(self.window) >= self.window {
+                inner.turn(now);
+            }
         }
     }
 
@@ -407,6 +414,28 @@ mod tests {
         assert!(matches!(at(window * 3 / 2), Claim::Done(_)));
         // Turned again: forgotten.
         assert!(matches!(at(window * 2), Claim::Mine));
+    }
+
+    #[test]
+    fn a_pair_is_forgotten_after_two_quiet_windows_and_kept_just_before() {
+        let window = Duration::from_secs(60);
+        for (quiet, remembered) in [
+            (window * 2 - Duration::from_secs(1), true),
+            (window * 2, false),
+        ] {
+            let d = Dedup::new("t".into(), window, 10, 4);
+            assert!(matches!(d.claim(k("s", "1")), Claim::Mine));
+            d.complete_many([(k("s", "1"), &pos(1))]);
+            let mut inner = d.lock();
+            let now = inner.since + quiet;
+            d.turn_if_due(&mut inner, now);
+            let claim = d.claim_key(&mut inner, k("s", "1"));
+            assert_eq!(
+                matches!(claim, Claim::Done(_)),
+                remembered,
+                "after {quiet:?}"
+            );
+        }
     }
 
     #[test]
