@@ -869,3 +869,48 @@ async fn a_flood_over_the_producers_limit_is_refused_with_unavailable_and_retrie
     );
     producer.stop().await;
 }
+
+/// A producer started with settings that load but cannot work exits at once, naming the
+/// setting, rather than serving and failing calls: a limit on events in progress below the
+/// largest batch would refuse every full batch for ever, and a dedup window of 0 would
+/// remember nothing. Needs no Kafka: the check comes before any connection.
+#[test]
+fn a_producer_with_a_setting_that_cannot_work_refuses_to_start_and_names_it() {
+    use std::process::{Command, Stdio};
+    let cases = [
+        (
+            "CRIER_LIMITS__MAX_EVENTS_IN_PROGRESS",
+            "999",
+            "max_events_in_progress (999)",
+        ),
+        ("CRIER_DEDUP__WINDOW_SECS", "0", "[dedup] window_secs"),
+    ];
+    for (key, value, words) in cases {
+        let mut child = Command::new(crier_tests::process::bin_dir().join("crier-producer"))
+            .arg("--config")
+            .arg(crier_tests::process::repo_root().join("deploy/local/producer.toml"))
+            .env(key, value)
+            .env("CRIER_GRPC__LISTEN", "127.0.0.1:0")
+            .env("CRIER_METRICS__LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("crier-producer runs (cargo build --bins first)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{key}={value}: the producer started instead of refusing");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        println!("{key}={value}: {status}, {}", stderr.trim());
+        assert!(!status.success(), "{key}={value}: {status}");
+        assert!(stderr.contains(words), "{key}={value}: {stderr}");
+    }
+}

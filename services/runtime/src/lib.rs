@@ -65,16 +65,19 @@ pub trait ServiceConfig: DeserializeOwned + std::fmt::Debug {
     }
 }
 
-/// Everything a service's `main` does before serving: load the configuration, then (unless
-/// only checking it, when it is printed and `None` returned) start logging and metrics,
-/// bind the gRPC address and watch for SIGTERM.
+/// Everything a service's `main` does before serving: load and check the configuration,
+/// then (unless only checking it, when it is printed and `None` returned) start logging and
+/// metrics, bind the gRPC address and watch for SIGTERM. The check runs on every start, so
+/// a setting that cannot work stops the service with its name rather than failing calls.
 pub async fn start<C: ServiceConfig>(
     args: &ServiceArgs,
 ) -> Result<Option<(C, tokio::net::TcpListener, CancellationToken)>, Error> {
     let config: C = load(args.config.as_deref())?;
     if args.check_config {
         println!("{config:#?}");
-        config.check().map_err(Error::Check)?;
+    }
+    config.check().map_err(Error::Check)?;
+    if args.check_config {
         println!("configuration OK");
         return Ok(None);
     }
