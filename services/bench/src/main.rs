@@ -121,6 +121,10 @@ struct Args {
     /// as soon as it is read. Latency is measured on arrival either way.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     ack_every_ms: u64,
+    /// PublishBatch calls of 500 events the stream phase keeps in flight, each on its own
+    /// connection, as a department back-filling from several workers would.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    batches_in_flight: u32,
     /// Partitions of every events topic of the run, the baseline's included. 1, as for
     /// the one broker deploy/kafka.sh starts (deploy/local): Crier's consumer reads all
     /// partitions with one reader per instance, so partitions only spread leaders over
@@ -275,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
     plan.max_batch = args.max_batch;
     plan.max_in_flight = args.max_in_flight;
     plan.ack_every = Duration::from_millis(args.ack_every_ms);
+    plan.batches_in_flight = args.batches_in_flight as usize;
     plan.e2e_batch = Duration::from_millis(args.e2e_batch_ms);
     let wanted = |p: Phase| args.only.is_empty() || args.only.contains(&p);
     // Taking turns only helps a ratio; one phase alone measures as one stretch.
