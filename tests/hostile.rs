@@ -1,6 +1,7 @@
 //! Hostile input over gRPC, against both services on a real Kafka broker: truncated
 //! protobuf, wrong wire types, invalid UTF-8, huge repeated fields, deep nesting, oversized
-//! metadata and messages, and streams that break the Subscribe protocol.
+//! metadata and messages, and streams that break the Subscribe protocol. One case starts the
+//! producer binary with settings that cannot work, the operator's hostile input.
 //!
 //! The bytes are sent as they are, through a codec that does no protobuf of its own, so
 //! each case reaches the server exactly as an attacker or a broken client would send it.

@@ -63,6 +63,7 @@ struct Shape {
 }
 
 impl Shape {
+    /// The field with `number`, if the type defines one.
     fn field(&self, number: u32) -> Option<FieldShape> {
         if self.slots.is_empty() {
             let at = self
